@@ -335,7 +335,8 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device="cp
     with the longest buffered document that still fits; when none fits, the oldest buffered document is
     cut to fill the row exactly and its rest stays in the buffer, oldest still, as BOS + the rest. So no
     token is thrown away and long documents are not starved. With `epochs` set, the loader stops when the
-    split is used up (a last partial batch is dropped); with None it loops forever.
+    split is used up: the last batch may have fewer than B rows, and a last partial row is dropped. With
+    None it loops forever.
     """
     assert split in SPLITS, split
     capacity = T + 1
@@ -365,13 +366,20 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device="cp
 
     rows = torch.empty((B, capacity), dtype=torch.long)
     pin = torch.device(device).type == "cuda"
+
+    def emit(n):
+        batch = rows[:n].pin_memory() if pin else rows[:n].clone()
+        return batch[:, :-1].to(device, non_blocking=True), batch[:, 1:].to(device, non_blocking=True), epoch
+
     while True:
         for r in range(B):
             pos = 0
             while pos < capacity:
                 refill()
-                if not docs:
-                    return  # split used up; the partial batch is dropped
+                if not docs:  # split used up: emit the full rows, drop the partial one
+                    if r > 0:
+                        yield emit(r)
+                    return
                 room = capacity - pos
                 i = bisect.bisect_left(keys, (room + 1, -1)) - 1  # longest document of length <= room
                 if i >= 0:
@@ -385,10 +393,7 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device="cp
                     add([bos] + whole[room:], arrival)
                 rows[r, pos:pos + len(doc)] = torch.tensor(doc, dtype=torch.long)
                 pos += len(doc)
-        batch = rows.pin_memory() if pin else rows.clone()
-        x = batch[:, :-1].to(device, non_blocking=True)
-        y = batch[:, 1:].to(device, non_blocking=True)
-        yield x, y, epoch
+        yield emit(B)
 
 
 # ---------------------------------------------------------------------------
@@ -416,7 +421,7 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, device="cpu", spl
         total_bytes += nbytes.sum().item()
         seen += y.numel()
     if total_bytes == 0:
-        raise DataError(f"the {split} split gave no full batch of {batch_size}x{seq_len} tokens; use a smaller batch")
+        raise DataError(f"the {split} split of '{dataset}' holds less than one row of {seq_len + 1} tokens")
     return total_nats / (math.log(2) * total_bytes)
 
 
