@@ -161,7 +161,10 @@ def download_file(url: str, dest: Path, attempts: int = 5, backoff: float = 2.0,
     tmp = dest.with_name(dest.name + ".tmp")
     for attempt in range(1, attempts + 1):
         try:
-            with requests.get(url, stream=True, timeout=timeout) as response:
+            # identity: Content-Length then counts the bytes we write, so a cut-off body is caught
+            with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as response:
+                if 400 <= response.status_code < 500 and response.status_code != 429:
+                    raise DataError(f"{url} answered {response.status_code} {response.reason}; check the dataset name and HF_ENDPOINT")
                 response.raise_for_status()
                 expected = int(response.headers.get("Content-Length") or -1)
                 written = 0
@@ -175,12 +178,15 @@ def download_file(url: str, dest: Path, attempts: int = 5, backoff: float = 2.0,
             os.replace(tmp, dest)
             print(f"  downloaded {dest.name} ({written / 1e6:.1f} MB)")
             return
+        except DataError:
+            tmp.unlink(missing_ok=True)
+            raise
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             print(f"  attempt {attempt}/{attempts} for {dest.name} failed: {exc}")
             if attempt < attempts:
                 time.sleep(backoff * 2 ** (attempt - 1))
-    raise DataError(f"could not download {url} after {attempts} attempts; check the network (or HF_ENDPOINT) and run prepare again")
+    raise DataError(f"could not download {url} after {attempts} attempts; check the network (or HF_ENDPOINT) and run `autoresearch prepare` again")
 
 
 def hf_url(repo: str, filename: str) -> str:
@@ -190,8 +196,9 @@ def hf_url(repo: str, filename: str) -> str:
 def prepare_shards(dataset: str, num_shards: int, attempts: int, backoff: float) -> None:
     """climbmix-style shards: the first num_shards for training, two pinned shards for val and test."""
     src, out = SOURCES[dataset], dataset_dir(dataset)
-    last = src["max_shard"]
-    num_train = min(num_shards if num_shards > 0 else last, src["test_shard"])
+    if num_shards == 0:
+        raise DataError("--num-shards must be at least 1 (or -1 for all)")
+    num_train = src["test_shard"] if num_shards < 0 else min(num_shards, src["test_shard"])
     plan = [("train", i) for i in range(num_train)] + [("val", src["val_shard"]), ("test", src["test_shard"])]
     print(f"Data: {dataset}, {num_train} training shards + pinned val/test shards, into {out}")
     for split, index in plan:
@@ -209,8 +216,8 @@ def prepare_single(dataset: str, attempts: int, backoff: float) -> None:
     download_file(hf_url(src["repo"], src["filename"]), raw, attempts=attempts, backoff=backoff)
     docs = {s: [] for s in SPLITS}
     row = 0
-    for batch in open_parquet(raw).iter_batches(columns=["text"], batch_size=8192):
-        for text in batch.column(0).to_pylist():
+    for texts in _read_texts(raw, batch_size=8192):
+        for text in texts:
             docs["val" if row % 100 == 0 else "test" if row % 100 == 1 else "train"].append(text)
             row += 1
     for split in SPLITS:
@@ -226,13 +233,26 @@ def iter_texts(split: str, dataset: str = DATASET, max_chars: int | None = None,
     """Documents of one split, in order; for tokenizer training, optionally capped in characters."""
     seen = 0
     for path in split_files(split, dataset):
-        for batch in open_parquet(path).iter_batches(columns=["text"], batch_size=1024):
-            for text in batch.column(0).to_pylist():
+        for texts in _read_texts(path):
+            for text in texts:
                 text = text[:doc_cap]
                 seen += len(text)
                 yield text
                 if max_chars is not None and seen >= max_chars:
                     return
+
+
+def _read_texts(path: Path, batch_size: int = 1024):
+    """Lists of texts from one parquet file; damaged data pages are a DataError naming the file."""
+    batches = open_parquet(path).iter_batches(columns=["text"], batch_size=batch_size)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise DataError(f"{path} is damaged ({exc}); delete it and run `autoresearch prepare` again") from None
+        yield batch.column(0).to_pylist()
 
 
 def train_tokenizer(dataset: str = DATASET, vocab_size: int = VOCAB_SIZE, max_chars: int = 2_000_000_000) -> None:
@@ -250,6 +270,8 @@ def train_tokenizer(dataset: str = DATASET, vocab_size: int = VOCAB_SIZE, max_ch
     ranks = {bytes(piece): rank for piece, rank in trainer.get_mergeable_ranks()}
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     enc = tiktoken.Encoding(name=f"autoresearch-{dataset}-{vocab_size}", pat_str=trainer.get_pattern(), mergeable_ranks=ranks, special_tokens=specials)
+    if enc.n_vocab != vocab_size:
+        raise DataError(f"the {dataset} training split supports only {enc.n_vocab} tokens, not {vocab_size}; use a smaller --vocab-size (and VOCAB_SIZE)")
     sample = "In the beginning: 1234 apples, 你好!"
     if enc.decode(enc.encode_ordinary(sample)) != sample:
         raise DataError("the trained tokenizer does not round-trip text; delete the tokenizer folder and retry")
@@ -339,13 +361,17 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device="cp
     None it loops forever.
     """
     assert split in SPLITS, split
+    return _packed_batches(tokenizer, B, T, split, device, epochs, buffer_size, dataset)
+
+
+def _packed_batches(tokenizer, B, T, split, device, epochs, buffer_size, dataset):
     capacity = T + 1
     bos = tokenizer.get_bos_token_id()
     batches = _document_batches(split, dataset, epochs)
     keys: list[tuple[int, int]] = []  # (length, arrival number) of the buffered documents, sorted
     docs: list[list[int]] = []  # the documents, in the order of keys
-    arrivals = 0
-    epoch, exhausted = 1, False
+    epoch_of: dict[int, int] = {}  # arrival number -> the epoch it was read in
+    arrivals, read_epoch, epoch, exhausted = 0, 1, 1, False
 
     def add(doc, arrival):
         i = bisect.bisect_left(keys, (len(doc), arrival))
@@ -353,21 +379,22 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device="cp
         docs.insert(i, doc)
 
     def refill():
-        nonlocal epoch, exhausted, arrivals
+        nonlocal exhausted, arrivals, read_epoch
         while not exhausted and len(docs) < buffer_size:
             try:
-                texts, epoch = next(batches)
+                texts, read_epoch = next(batches)
             except StopIteration:
                 exhausted = True
                 return
             for doc in tokenizer.encode(texts, prepend=bos):
                 add(doc, arrivals)
+                epoch_of[arrivals] = read_epoch
                 arrivals += 1
 
     rows = torch.empty((B, capacity), dtype=torch.long)
     pin = torch.device(device).type == "cuda"
 
-    def emit(n):
+    def emit(n):  # the epoch is that of the last document placed
         batch = rows[:n].pin_memory() if pin else rows[:n].clone()
         return batch[:, :-1].to(device, non_blocking=True), batch[:, 1:].to(device, non_blocking=True), epoch
 
@@ -383,13 +410,15 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device="cp
                 room = capacity - pos
                 i = bisect.bisect_left(keys, (room + 1, -1)) - 1  # longest document of length <= room
                 if i >= 0:
-                    keys.pop(i)
+                    _, arrival = keys.pop(i)
                     doc = docs.pop(i)
+                    epoch = epoch_of.pop(arrival)
                 else:  # nothing fits: cut the oldest document, keep its rest for the next rows
                     i = min(range(len(keys)), key=lambda j: keys[j][1])
                     _, arrival = keys.pop(i)
                     whole = docs.pop(i)
                     doc = whole[:room]
+                    epoch = epoch_of[arrival]
                     add([bos] + whole[room:], arrival)
                 rows[r, pos:pos + len(doc)] = torch.tensor(doc, dtype=torch.long)
                 pos += len(doc)
@@ -406,20 +435,21 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, device="cpu", spl
     """Bits per byte of `split`: sum of next-token cross-entropy in nats over the sum of target bytes, / ln 2.
 
     `model(x)` must return logits of shape (B, T, vocab). Targets that are special tokens (0 bytes) count
-    in neither sum. The split is read in its pinned order, once, up to `max_tokens` target tokens.
+    in neither sum. The split is read in its pinned order, once, up to max_tokens // seq_len whole rows.
     """
     token_bytes = get_token_bytes(device, tokenizer_dir(dataset, tokenizer.get_vocab_size()))
     loader = make_dataloader(tokenizer, batch_size, seq_len, split, device=device, epochs=1, dataset=dataset)
-    total_nats, total_bytes, seen = 0.0, 0, 0
+    total_nats, total_bytes, rows_left = 0.0, 0, max_tokens // seq_len
     for x, y, _ in loader:
-        if seen >= max_tokens:
+        if rows_left <= 0:
             break
+        x, y = x[:rows_left], y[:rows_left]  # a cap in whole rows, the same for every batch size
+        rows_left -= y.size(0)
         logits = model(x)
         nats = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
         nbytes = token_bytes[y.reshape(-1)]
-        total_nats += (nats * (nbytes > 0)).sum().item()
+        total_nats += torch.where(nbytes > 0, nats, 0.0).sum().item()
         total_bytes += nbytes.sum().item()
-        seen += y.numel()
     if total_bytes == 0:
         raise DataError(f"the {split} split of '{dataset}' holds less than one row of {seq_len + 1} tokens")
     return total_nats / (math.log(2) * total_bytes)
@@ -432,7 +462,7 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, device="cpu", spl
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Prepare data and tokenizer for the gpt task.")
     parser.add_argument("--dataset", default=DATASET, choices=sorted(SOURCES))
-    parser.add_argument("--num-shards", type=int, default=8, help="climbmix training shards to download (-1: all); val/test are pinned")
+    parser.add_argument("--num-shards", type=int, default=8, help="climbmix training shards to download (-1: all 6541); val/test are pinned")
     parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help="BPE vocabulary (default set by device)")
     parser.add_argument("--attempts", type=int, default=5, help="download attempts per file")
     parser.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry, doubling")
