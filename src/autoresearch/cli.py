@@ -35,10 +35,28 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from autoresearch.session import run_session
+    from autoresearch.status import render_status
+
+    ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments, args.max_hours)
+    render_status(ledger, maximize)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from autoresearch.session import open_ledger
+    from autoresearch.status import render_status
+
+    ledger, maximize = open_ledger(Path(args.workspace), args.tag)
+    render_status(ledger, maximize)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from autoresearch.demo import run_demo
 
-    run_demo(Path(args.directory), args.force, args.budget)
+    run_demo(Path(args.directory), args.force, args.budget, args.experiments)
     return 0
 
 
@@ -57,10 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", default=".")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("demo", help="init, prepare and train the gpt baseline on the embedded corpus, on the CPU, offline")
+    p = sub.add_parser("run", help="the research loop: baseline, then propose, run, keep or revert, record; resumes where it stopped")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("--tag", default=None, help="experiments go on branch autoresearch/<tag> (default: today, e.g. nov22); an existing tag is resumed")
+    p.add_argument("--agent", default=None, help="who proposes: perturb (built in); default from autoresearch.toml")
+    p.add_argument("--budget", type=float, default=None, help="training seconds per experiment (default from autoresearch.toml)")
+    p.add_argument("--seed", type=int, default=42, help="AUTORESEARCH_SEED given to every run")
+    p.add_argument("--max-experiments", type=int, default=None, help="stop after N experiments (the baseline not counted)")
+    p.add_argument("--max-hours", type=float, default=None, help="start no experiment after H hours")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="the experiments as a table: best so far, keep rate, experiments per hour, time split")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("--tag", default=None)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="init, prepare, and run a few experiments of the loop on the embedded corpus, offline")
     p.add_argument("directory", nargs="?", default="autoresearch-demo")
     p.add_argument("--force", action="store_true", help="replace an existing demo workspace")
-    p.add_argument("--budget", type=float, default=30.0, help="training seconds (default 30)")
+    p.add_argument("--budget", type=float, default=20.0, help="training seconds per experiment (default 20)")
+    p.add_argument("--experiments", type=int, default=6, help="experiments after the baseline (default 6)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -45,7 +45,7 @@ class Budget(_Strict):
 
 
 class AgentSettings(_Strict):
-    name: Literal["tune", "openai", "anthropic", "command"] = "tune"
+    name: Literal["perturb", "tune", "openai", "anthropic", "command"] = "perturb"
     model: str | None = None
 
 

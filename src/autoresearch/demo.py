@@ -1,4 +1,4 @@
-"""`autoresearch demo`: a workspace on the embedded corpus, prepared and trained once on the CPU, offline."""
+"""`autoresearch demo`: a workspace on the embedded corpus, prepared, then a few loop experiments on the CPU, offline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 from autoresearch import UsageError
 from autoresearch.config import CONFIG_FILE, load_config
 from autoresearch.process import run_streaming
-from autoresearch.summary import parse_summary
+from autoresearch.session import run_session
+from autoresearch.status import render_status
 from autoresearch.workspace import init_workspace
 
 
@@ -23,8 +24,8 @@ def make_demo_workspace(directory: Path, force: bool) -> Path:
     return init_workspace(directory, "gpt", dataset="kjv")
 
 
-def run_demo(directory: Path, force: bool, budget: float, echo=print) -> dict:
-    """Init, prepare, and train the baseline once for `budget` seconds; returns its summary."""
+def run_demo(directory: Path, force: bool, budget: float, experiments: int, echo=print) -> Path:
+    """Init, prepare, then the loop with the built-in agent for `experiments` experiments of `budget` seconds."""
     workspace = make_demo_workspace(Path(directory), force)
     config = load_config(workspace)
     echo(f"Workspace: {workspace.resolve()}")
@@ -32,15 +33,13 @@ def run_demo(directory: Path, force: bool, budget: float, echo=print) -> dict:
     code, _ = run_streaming(config.commands.setup, workspace, echo=echo)
     if code != 0:
         raise UsageError(f"the setup step `{config.commands.setup}` failed with exit code {code}")
-    echo(f"$ {config.commands.run}   (budget {budget:g}s)")
-    log_path = workspace / ".autoresearch" / "runs" / "baseline" / "run.log"
-    code, output = run_streaming(config.commands.run, workspace, {"AUTORESEARCH_TIME_BUDGET": str(budget), "AUTORESEARCH_SEED": "42"},
-                                 log_path=log_path, echo=echo)
-    summary = parse_summary(output)
-    if code != 0 or config.metric.name not in summary:
-        raise UsageError(f"the baseline run failed (exit code {code}); its log is {log_path}")
+    echo(f"$ autoresearch run --tag demo --budget {budget:g} --max-experiments {experiments}")
+    echo("The built-in 'perturb' agent nudges one of train.py's constants at random: a smoke test of the loop, not a search.")
+    ledger, maximize = run_session(workspace, tag="demo", agent_name="perturb", budget=budget, max_experiments=experiments, echo=echo)
+    render_status(ledger, maximize)
     echo("")
-    echo(f"Baseline {config.metric.name}: {summary[config.metric.name]:.6f} after {budget:g}s of training on the CPU.")
-    echo(f"Log: {log_path}")
-    echo(f"Next: cd {directory} and edit train.py, or continue with an agent once `autoresearch run` lands.")
-    return summary
+    echo(f"Results: {workspace / 'results.tsv'} (Karpathy's five columns), the journal {workspace / '.autoresearch' / 'journal.sqlite'},")
+    echo(f"and one log per run under {workspace / '.autoresearch' / 'runs'}. The branch autoresearch/demo holds every kept change.")
+    echo(f"Continue: cd {directory} && autoresearch run --tag demo --max-experiments 20   (resumes this branch)")
+    echo("LLM agents (--agent openai | anthropic | command) are the next piece of work; until then only 'perturb' is built in.")
+    return workspace

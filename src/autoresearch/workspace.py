@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import shutil
 import subprocess
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from autoresearch import UsageError
 
@@ -61,3 +63,102 @@ def init_workspace(directory: Path, template: str = "gpt", dataset: str | None =
     git(directory, "add", "-A")
     git(directory, *_identity_args(directory), "commit", "-q", "-m", f"autoresearch: new workspace from template '{template}'")
     return directory
+
+
+def _matches(path: str, patterns: list[str]) -> bool:
+    return any(PurePosixPath(path).match(p) or fnmatch.fnmatch(path, p) for p in patterns)
+
+
+class Workspace:
+    """A workspace's git repository: branch, commit, reset, and the editable/locked file checks."""
+
+    def __init__(self, root: Path, editable: list[str], locked: list[str]):
+        self.root = Path(root).resolve()
+        self.editable = editable
+        self.locked = locked
+
+    def git(self, *args: str, check: bool = True) -> str:
+        return git(self.root, *args, check=check).stdout
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD").strip()
+
+    def branch(self) -> str:
+        return self.git("rev-parse", "--abbrev-ref", "HEAD").strip()
+
+    def dirty_paths(self) -> list[str]:
+        """Tracked changes and untracked files that are not ignored."""
+        return [line[3:] for line in self.git("status", "--porcelain").splitlines()]
+
+    def ensure_clean(self) -> None:
+        dirty = self.dirty_paths()
+        if dirty:
+            shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
+            raise UsageError(f"the working tree has uncommitted changes ({shown}); commit or stash them first, autoresearch will not touch them")
+
+    def checkout_branch(self, tag: str) -> bool:
+        """Check out autoresearch/<tag>, creating it at HEAD if new. Returns True if it already existed."""
+        name = f"autoresearch/{tag}"
+        if self.git("check-ref-format", "--branch", name, check=False) == "":
+            raise UsageError(f"'{tag}' cannot be part of a git branch name")
+        exists = git(self.root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
+        if exists:
+            self.git("checkout", "-q", name)
+        else:
+            self.git("checkout", "-q", "-b", name)
+        return exists
+
+    def read_editable(self) -> dict[str, str]:
+        """The editable files' current text, by path relative to the root."""
+        files = {}
+        for pattern in self.editable:
+            for path in sorted(self.root.glob(pattern)):
+                if path.is_file():
+                    files[path.relative_to(self.root).as_posix()] = path.read_text(encoding="utf-8")
+        return files
+
+    def read_locked(self) -> dict[str, str]:
+        return {name: (self.root / name).read_text(encoding="utf-8", errors="replace") for name in self.locked if (self.root / name).is_file()}
+
+    def is_editable(self, relpath: str) -> bool:
+        return _matches(relpath, self.editable) and not _matches(relpath, self.locked)
+
+    def write_files(self, files: dict[str, str]) -> None:
+        """Write a proposal's files; any path that is not editable (or leaves the root) is a ValueError."""
+        for relpath in files:
+            target = (self.root / relpath).resolve()
+            if not target.is_relative_to(self.root) or not self.is_editable(target.relative_to(self.root).as_posix()):
+                raise ValueError(f"{relpath} is not an editable file (editable: {', '.join(self.editable)})")
+        for relpath, text in files.items():
+            (self.root / relpath).write_text(text, encoding="utf-8")
+
+    def changed_paths(self) -> list[str]:
+        """Paths changed in the working tree against HEAD, untracked files included."""
+        return [line[3:] for line in self.git("status", "--porcelain", "--untracked-files=all").splitlines()]
+
+    def content_hash(self, patterns: list[str]) -> str:
+        digest = hashlib.sha256()
+        for pattern in patterns:
+            for path in sorted(self.root.glob(pattern)):
+                if path.is_file():
+                    digest.update(path.relative_to(self.root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()
+
+    def editable_hash(self) -> str:
+        return self.content_hash(self.editable)
+
+    def locked_hash(self) -> str:
+        return self.content_hash(self.locked)
+
+    def commit_all(self, message: str) -> str:
+        self.git("add", "-A")
+        self.git(*_identity_args(self.root), "commit", "-q", "--no-verify", "-m", message)
+        return self.head()
+
+    def reset_hard(self, commit: str) -> None:
+        """Move the branch to `commit` and make the tracked files match it (untracked ignored files stay)."""
+        self.git("reset", "-q", "--hard", commit)
+        self.git("clean", "-q", "-f", "--", *self.editable)  # new untracked files matching editable globs
+
+    def diff(self, old: str, new: str) -> str:
+        return self.git("diff", old, new)

@@ -1,0 +1,25 @@
+"""The executor protocol: run a command in a workspace under a time limit and return a RunOutcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass
+class RunOutcome:
+    """What one run did, as the harness measured it (never as the script claims)."""
+
+    returncode: int | None  # None when the harness killed it
+    wall_seconds: float  # measured by the harness around the process
+    timed_out: bool
+    log_path: Path
+    log_tail: str  # the last lines of the combined stdout/stderr
+    summary: dict = field(default_factory=dict)  # the `key: value` block after `---`
+    interrupted: bool = False  # the user pressed Ctrl-C during the run
+
+
+class Executor(Protocol):
+    def run(self, workspace: Path, command: str, env: dict[str, str], limit_seconds: float, log_path: Path,
+            on_start=None) -> RunOutcome: ...

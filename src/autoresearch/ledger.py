@@ -1,0 +1,154 @@
+"""The record of every experiment: a SQLite journal (the truth) and results.tsv (Karpathy's five columns) made from it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR = ".autoresearch"
+STATUSES = ("keep", "discard", "crash", "timeout", "invalid")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY,
+    branch TEXT NOT NULL,
+    parent_commit TEXT NOT NULL,
+    commit_sha TEXT,
+    description TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    diff TEXT NOT NULL DEFAULT '',
+    editable_hash TEXT,
+    state TEXT NOT NULL DEFAULT 'running',      -- running | done
+    status TEXT,                                -- keep | discard | crash | timeout | invalid
+    reason TEXT NOT NULL DEFAULT '',
+    metric REAL,
+    memory_gb REAL,
+    summary_json TEXT NOT NULL DEFAULT '{}',
+    seed INTEGER,
+    pid INTEGER,
+    log_path TEXT,
+    log_tail TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    wall_seconds REAL,                          -- the run's process, timed by the harness
+    experiment_seconds REAL,                    -- the whole experiment: propose, git, run, record
+    propose_seconds REAL,
+    attempt INTEGER NOT NULL DEFAULT 0          -- 0 for a new idea, 1..2 for fixes of a crash
+);
+CREATE INDEX IF NOT EXISTS by_branch ON experiments(branch, id);
+"""
+
+
+@dataclass
+class Row:
+    id: int
+    branch: str
+    parent_commit: str
+    commit_sha: str | None
+    description: str
+    agent: str
+    diff: str
+    editable_hash: str | None
+    state: str
+    status: str | None
+    reason: str
+    metric: float | None
+    memory_gb: float | None
+    summary_json: str
+    seed: int | None
+    pid: int | None
+    log_path: str | None
+    log_tail: str
+    started_at: float
+    ended_at: float | None
+    wall_seconds: float | None
+    experiment_seconds: float | None
+    propose_seconds: float | None
+    attempt: int
+
+    @property
+    def summary(self) -> dict:
+        return json.loads(self.summary_json)
+
+
+class Ledger:
+    """Journal rows for one branch, and the results.tsv that mirrors them."""
+
+    def __init__(self, root: Path, branch: str, metric_name: str):
+        self.root = Path(root)
+        self.branch = branch
+        self.metric_name = metric_name
+        (self.root / STATE_DIR).mkdir(exist_ok=True)
+        self.db = sqlite3.connect(self.root / STATE_DIR / "journal.sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def rows(self, branch: str | None = None) -> list[Row]:
+        cur = self.db.execute("SELECT * FROM experiments WHERE branch = ? ORDER BY id", (branch or self.branch,))
+        return [Row(*r) for r in cur.fetchall()]
+
+    def start(self, parent_commit: str, commit_sha: str | None, description: str, agent: str, diff: str,
+              editable_hash: str | None, seed: int | None, attempt: int = 0, propose_seconds: float = 0.0) -> int:
+        cur = self.db.execute(
+            "INSERT INTO experiments (branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt,"
+            " propose_seconds, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt, propose_seconds, time.time()))
+        return cur.lastrowid
+
+    def set_run(self, row_id: int, pid: int, log_path: str) -> None:
+        self.db.execute("UPDATE experiments SET pid = ?, log_path = ? WHERE id = ?", (pid, log_path, row_id))
+
+    def finish(self, row_id: int, status: str, reason: str = "", metric: float | None = None, summary: dict | None = None,
+               wall_seconds: float | None = None, log_tail: str = "") -> None:
+        """Record an experiment's end in one transaction, then rewrite results.tsv from the journal."""
+        assert status in STATUSES, status
+        summary = summary or {}
+        memory = summary.get("peak_vram_mb")
+        memory_gb = memory / 1024 if isinstance(memory, float) and math.isfinite(memory) else None
+        now = time.time()
+        started = self.db.execute("SELECT started_at FROM experiments WHERE id = ?", (row_id,)).fetchone()[0]
+        self.db.execute(
+            "UPDATE experiments SET state = 'done', status = ?, reason = ?, metric = ?, memory_gb = ?, summary_json = ?,"
+            " wall_seconds = ?, log_tail = ?, ended_at = ?, experiment_seconds = ? WHERE id = ?",
+            (status, reason, metric, memory_gb, json.dumps(summary, default=str), wall_seconds, log_tail, now, now - started, row_id))
+        self.write_results_tsv()
+
+    def interrupted(self) -> list[Row]:
+        return [r for r in self.rows() if r.state == "running"]
+
+    def best(self, maximize: bool) -> Row | None:
+        kept = [r for r in self.rows() if r.status == "keep" and r.metric is not None]
+        if not kept:
+            return None
+        return kept[-1]  # each keep beat the one before it, so the latest keep is the best
+
+    def measured_hashes(self) -> set[str]:
+        return {r.editable_hash for r in self.rows() if r.editable_hash and r.state == "done" and r.status != "invalid"}
+
+    def write_results_tsv(self) -> None:
+        """results.tsv with Karpathy's header; crashes and other failures are written as 0.000000 and 0.0."""
+        lines = [f"commit\t{self.metric_name}\tmemory_gb\tstatus\tdescription"]
+        for r in self.rows():
+            if r.state != "done":
+                continue
+            ok = r.status in ("keep", "discard") and r.metric is not None
+            metric = f"{r.metric:.6f}" if ok else "0.000000"
+            memory = f"{r.memory_gb:.1f}" if ok and r.memory_gb is not None else "0.0"
+            description = " ".join(r.description.split()).replace("\t", " ")
+            lines.append(f"{(r.commit_sha or '-')[:7]}\t{metric}\t{memory}\t{r.status}\t{description}")
+        path = self.root / "results.tsv"
+        tmp = path.with_name("results.tsv.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,76 @@
+"""Wire a workspace, its config, an agent and an executor into a Loop, and resume safely after a kill."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from autoresearch import UsageError
+from autoresearch.agents import make_agent
+from autoresearch.config import load_config
+from autoresearch.decide import StrictlyBetter
+from autoresearch.device import detect_device
+from autoresearch.executors.local import LocalExecutor
+from autoresearch.ledger import STATE_DIR, Ledger
+from autoresearch.loop import Loop, Settings
+from autoresearch.workspace import Workspace
+
+
+def default_tag() -> str:
+    return time.strftime("%b%d").lower()
+
+
+def prepare_branch(ws: Workspace, tag: str) -> str:
+    """Check out autoresearch/<tag>, refusing a dirty tree; on that branch, stray edits to editable files are the
+    harness's own half-made candidate (from a kill) and are discarded, anything else is the user's and is kept."""
+    branch = f"autoresearch/{tag}"
+    dirty = ws.dirty_paths()
+    if dirty and ws.branch() == branch and all(ws.is_editable(p) for p in dirty):
+        ws.reset_hard("HEAD")
+    ws.ensure_clean()
+    ws.checkout_branch(tag)
+    return branch
+
+
+def run_session(root: Path, tag: str | None = None, agent_name: str | None = None, budget: float | None = None,
+                seed: int = 42, max_experiments: int | None = None, max_hours: float | None = None,
+                echo=print) -> tuple[Ledger, bool]:
+    """Run the loop on autoresearch/<tag>; returns the ledger and whether the metric is maximized."""
+    root = Path(root).resolve()
+    config = load_config(root)
+    locked = list(dict.fromkeys(config.locked + ["autoresearch.toml"]))  # the protocol itself is always locked
+    ws = Workspace(root, config.editable, locked)
+    agent = make_agent(agent_name or config.agent.name, seed=seed)
+    branch = prepare_branch(ws, tag or default_tag())
+    device = detect_device()
+    seconds = budget if budget is not None else config.budget.resolve_seconds(device == "cuda")
+    settings = Settings(
+        run_command=config.commands.run, program=(root / config.program).read_text(encoding="utf-8"),
+        metric=config.metric.name, maximize=config.metric.direction == "maximize", budget_seconds=seconds,
+        limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds, seed=seed, device=device,
+        max_experiments=max_experiments, max_hours=max_hours)
+    ledger = Ledger(root, branch, config.metric.name)
+    echo(f"Branch {branch} | agent {agent.name} | {device} | budget {seconds:g}s, killed at {settings.limit_seconds:g}s | "
+         f"{settings.metric} ({config.metric.direction})")
+    Loop(ws, ledger, agent, LocalExecutor(), StrictlyBetter(), settings, echo).run()
+    return ledger, settings.maximize
+
+
+def open_ledger(root: Path, tag: str | None) -> tuple[Ledger, bool]:
+    """The ledger of autoresearch/<tag>, else of the checked-out autoresearch branch, else of the latest one."""
+    root = Path(root).resolve()
+    config = load_config(root)
+    if not (root / STATE_DIR / "journal.sqlite").exists():
+        raise UsageError(f"no experiments recorded in {root} yet; start with `autoresearch run`")
+    if tag:
+        branch = f"autoresearch/{tag}"
+    else:
+        current = Workspace(root, config.editable, config.locked).branch()
+        branch = current
+        if not current.startswith("autoresearch/"):
+            db = sqlite3.connect(root / STATE_DIR / "journal.sqlite")
+            last = db.execute("SELECT branch FROM experiments ORDER BY id DESC LIMIT 1").fetchone()
+            db.close()
+            branch = last[0] if last else current
+    return Ledger(root, branch, config.metric.name), config.metric.direction == "maximize"

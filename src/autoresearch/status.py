@@ -1,0 +1,57 @@
+"""`autoresearch status`: the experiments of a branch as a table, with the best, the keep rate and where time went."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from autoresearch.ledger import Ledger
+
+STYLES = {"keep": "bold green", "discard": "dim", "crash": "red", "timeout": "red", "invalid": "magenta"}
+
+
+def stats(rows) -> dict:
+    done = [r for r in rows if r.state == "done"]
+    ran = [r for r in done if r.wall_seconds is not None]
+    training = sum(float(r.summary.get("training_seconds", 0) or 0) for r in ran)
+    wall = sum(r.wall_seconds for r in ran)
+    total = sum(r.experiment_seconds or 0 for r in done)
+    span_hours = (max(r.ended_at for r in done) - min(r.started_at for r in done)) / 3600 if done else 0.0
+    candidates = [r for r in done if r.description != "baseline"]
+    return {
+        "experiments": len(done),
+        "kept": sum(r.status == "keep" for r in candidates),
+        "keep_rate": sum(r.status == "keep" for r in candidates) / len(candidates) if candidates else 0.0,
+        "per_hour": len(done) / span_hours if span_hours > 0 else 0.0,
+        "training_seconds": training,
+        "evaluation_seconds": max(0.0, wall - training),  # start-up and evaluation inside the run
+        "harness_seconds": max(0.0, total - wall),  # proposing, git, recording
+    }
+
+
+def render_status(ledger: Ledger, maximize: bool, console: Console | None = None) -> None:
+    console = console or Console()
+    rows = ledger.rows()
+    if not rows:
+        console.print(f"No experiments on {ledger.branch} yet.")
+        return
+    table = Table(title=f"{ledger.branch}: {ledger.metric_name} ({'higher' if maximize else 'lower'} is better)")
+    for column in ("#", "commit", ledger.metric_name, "mem GB", "status", "description", "wall s", "reason"):
+        table.add_column(column, justify="right" if column in ("#", ledger.metric_name, "mem GB", "wall s") else "left")
+    for r in rows:
+        status = r.status or r.state
+        table.add_row(str(r.id), (r.commit_sha or "-")[:7], f"{r.metric:.6f}" if r.metric is not None else "-",
+                      f"{r.memory_gb:.1f}" if r.memory_gb is not None else "-", f"[{STYLES.get(status, '')}]{status}[/]",
+                      r.description, f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
+                      r.reason if status not in ("keep", "discard") else "")
+    console.print(table)
+    best = ledger.best(maximize)
+    s = stats(rows)
+    console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet"))
+    console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
+                  f"{s['per_hour']:.1f} per hour")
+    total = s["training_seconds"] + s["evaluation_seconds"] + s["harness_seconds"]
+    if total > 0:
+        console.print("Time: " + ", ".join(f"{name} {s[key]:.0f}s ({100 * s[key] / total:.0f}%)" for name, key in
+                                           (("training", "training_seconds"), ("start-up and evaluation", "evaluation_seconds"),
+                                            ("harness", "harness_seconds"))))
