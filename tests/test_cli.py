@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from autoresearch.summary import parse_summary
@@ -136,13 +137,18 @@ def test_train_without_prepared_data_says_what_to_run(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_demo_trains_the_baseline_and_refuses_to_clobber(tmp_path, kjv_env):
+def test_demo_runs_the_loop_and_refuses_to_clobber(tmp_path, kjv_env):
     demo = tmp_path / "demo"
-    result = cli("demo", str(demo), "--budget", "3", env=kjv_env)
+    result = cli("demo", str(demo), "--budget", "2", "--experiments", "1", env=kjv_env)
     assert result.returncode == 0, result.stderr
-    assert "Baseline val_bpb:" in result.stdout
-    assert math.isfinite(parse_summary((demo / ".autoresearch/runs/baseline/run.log").read_text())["val_bpb"])
-    assert_one_line_error(cli("demo", str(demo), "--budget", "3", env=kjv_env), "--force")
+    assert "Best val_bpb:" in result.stdout and "results.tsv" in result.stdout
+    # results.tsv loads exactly as the anchor's analysis notebook loads it
+    table = pd.read_csv(demo / "results.tsv", sep="\t")
+    assert list(table.columns) == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert len(table) == 2 and table["status"].iloc[0] == "keep" and table["description"].iloc[0] == "baseline"
+    assert math.isfinite(table["val_bpb"].iloc[0]) and table["memory_gb"].iloc[0] > 0
+    assert git(demo, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/demo\n"
+    assert_one_line_error(cli("demo", str(demo), "--budget", "2", env=kjv_env), "--force")
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ class Loop:
             runs += 1 if result.extra.get("ran") else 0
             if result.status not in ("crash", "timeout") or attempt == MAX_FIX_ATTEMPTS:
                 break
-            context.fix = CrashToFix(proposal.description, proposal.files, result.extra.get("log_tail", ""), attempt + 1)
+            fix = CrashToFix(proposal.description, proposal.files, result.extra.get("log_tail", ""), attempt + 1)
+            context = dataclasses.replace(context, fix=fix)
             t0 = time.monotonic()
             proposal = self.agent.propose(context)
         return runs

@@ -35,13 +35,16 @@ def prepare_branch(ws: Workspace, tag: str) -> str:
 
 def run_session(root: Path, tag: str | None = None, agent_name: str | None = None, budget: float | None = None,
                 seed: int = 42, max_experiments: int | None = None, max_hours: float | None = None,
-                echo=print) -> tuple[Ledger, bool]:
-    """Run the loop on autoresearch/<tag>; returns the ledger and whether the metric is maximized."""
+                echo=print, agent=None) -> tuple[Ledger, bool]:
+    """Run the loop on autoresearch/<tag>; returns the ledger and whether the metric is maximized.
+
+    `agent`, if given, is any object with the Agent protocol; else one is made from `agent_name` or the config.
+    """
     root = Path(root).resolve()
     config = load_config(root)
     locked = list(dict.fromkeys(config.locked + ["autoresearch.toml"]))  # the protocol itself is always locked
     ws = Workspace(root, config.editable, locked)
-    agent = make_agent(agent_name or config.agent.name, seed=seed)
+    agent = agent or make_agent(agent_name or config.agent.name, seed=seed)
     branch = prepare_branch(ws, tag or default_tag())
     device = detect_device()
     seconds = budget if budget is not None else config.budget.resolve_seconds(device == "cuda")

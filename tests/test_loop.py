@@ -1,0 +1,356 @@
+"""The research loop with a real git repo and real subprocesses, on a small numpy task (score, maximize)."""
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from autoresearch import UsageError
+from autoresearch.agents.base import Proposal
+from autoresearch.session import run_session
+
+NUMPY_TASK = textwrap.dedent('''\
+    """Least squares by gradient descent: the score is minus the final mean squared error."""
+    import os
+
+    import numpy as np
+
+    LR = 0.1
+    STEPS = 40
+
+    rng = np.random.default_rng(int(os.environ.get("AUTORESEARCH_SEED", "0")))
+    x = rng.normal(size=(64, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    w = np.zeros(3)
+    for _ in range(STEPS):
+        w -= LR * 2 * x.T @ (x @ w - y) / len(x)
+    score = -float(np.mean((x @ w - y) ** 2))
+    print("training done")
+    print("---")
+    print(f"score: {score:.6f}")
+''')
+
+CONFIG = textwrap.dedent('''\
+    program = "program.md"
+    editable = ["train.py"]
+    locked = ["prepare.py", "program.md", "autoresearch.toml"]
+
+    [commands]
+    run = "python train.py"
+
+    [metric]
+    name = "score"
+    direction = "maximize"
+
+    [budget]
+    seconds = 1
+    timeout_factor = {factor}
+    grace_seconds = {grace}
+''')
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def make_task(root: Path, train: str = NUMPY_TASK, factor: float = 2.0, grace: float = 30.0) -> Path:
+    root.mkdir(parents=True)
+    (root / "train.py").write_text(train)
+    (root / "prepare.py").write_text("# locked: the data would be made here\nDATA = 1\n")
+    (root / "program.md").write_text("Maximize the score.\n")
+    (root / "autoresearch.toml").write_text(CONFIG.format(factor=factor, grace=grace))
+    (root / ".gitignore").write_text("results.tsv\n.autoresearch/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "task")
+    return root
+
+
+class ScriptedAgent:
+    """Proposes what each step function returns for the context (None: nothing), and remembers what it saw."""
+
+    name = "scripted"
+
+    def __init__(self, *steps):
+        self.steps = list(steps)
+        self.contexts, self.results = [], []
+
+    def propose(self, context):
+        self.contexts.append(context)
+        return self.steps.pop(0)(context) if self.steps else None
+
+    def observe(self, result):
+        self.results.append(result)
+
+
+def edit(old, new, description=None, path="train.py"):
+    def step(context):
+        return Proposal(description or f"{old} -> {new}", {path: context.files["train.py"].replace(old, new)})
+    return step
+
+
+def rows(root):
+    db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
+    db.row_factory = sqlite3.Row
+    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
+    db.close()
+    return out
+
+
+def run(root, agent, n, **kw):
+    return run_session(root, tag="t", agent=agent, max_experiments=n, echo=lambda *_: None, **kw)
+
+
+def tsv(root):
+    return pd.read_csv(root / "results.tsv", sep="\t")
+
+
+def test_keep_advances_the_branch_and_discard_resets_it(tmp_path):
+    root = make_task(tmp_path / "ws")
+    base = git(root, "rev-parse", "HEAD")
+    agent = ScriptedAgent(edit("LR = 0.1", "LR = 0.3"), edit("STEPS = 40", "STEPS = 2"))
+    run(root, agent, 5)
+    records = rows(root)
+    assert [r["status"] for r in records] == ["keep", "keep", "discard"]
+    kept, discarded = records[1]["commit_sha"], records[2]["commit_sha"]
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t"
+    assert git(root, "rev-parse", "HEAD") == kept
+    assert git(root, "rev-parse", "HEAD~1") == base
+    assert subprocess.run(["git", "merge-base", "--is-ancestor", discarded, "HEAD"], cwd=root).returncode == 1
+    assert "LR = 0.3" in (root / "train.py").read_text() and "STEPS = 40" in (root / "train.py").read_text()
+    assert git(root, "status", "--porcelain") == ""
+    assert git(root, "log", "-1", "--format=%s") == "LR = 0.1 -> LR = 0.3"
+    assert records[1]["metric"] > records[0]["metric"] > records[2]["metric"]
+    assert "-LR = 0.1" in records[1]["diff"] and "+LR = 0.3" in records[1]["diff"]
+    table = tsv(root)
+    assert list(table.columns) == ["commit", "score", "memory_gb", "status", "description"]
+    assert list(table["status"]) == ["keep", "keep", "discard"]
+    assert table["commit"].tolist() == [r["commit_sha"][:7] for r in records]
+    assert agent.contexts[1].best == pytest.approx(records[1]["metric"])
+    assert [h["status"] for h in agent.contexts[1].history] == ["keep", "keep"]
+
+
+def test_an_edit_to_a_locked_file_is_refused_and_never_run(tmp_path):
+    root = make_task(tmp_path / "ws")
+    sneaky = lambda c: Proposal("improve the data", {"prepare.py": "DATA = 2\n", "train.py": c.files["train.py"].replace("LR = 0.1", "LR = 0.3")})
+    agent = ScriptedAgent(sneaky)
+    run(root, agent, 1)
+    refused = rows(root)[1]
+    assert refused["status"] == "invalid" and "prepare.py is not an editable file" in refused["reason"]
+    assert refused["commit_sha"] is None and refused["wall_seconds"] is None
+    assert not (root / ".autoresearch" / "runs" / str(refused["id"])).exists()
+    assert (root / "prepare.py").read_text().endswith("DATA = 1\n") and "LR = 0.1" in (root / "train.py").read_text()
+    assert git(root, "status", "--porcelain") == ""
+    assert agent.results[0].status == "invalid"
+
+
+def test_a_run_that_rewrites_a_locked_file_is_invalid_and_the_file_restored(tmp_path):
+    root = make_task(tmp_path / "ws")
+    cheat = 'open("prepare.py", "w").write("DATA = 999\\n")\n'
+    agent = ScriptedAgent(lambda c: Proposal("cheat", {"train.py": cheat + c.files["train.py"].replace("LR = 0.1", "LR = 0.3")}))
+    run(root, agent, 1)
+    record = rows(root)[1]
+    assert record["status"] == "invalid" and "locked file changed during the run: prepare.py" in record["reason"]
+    assert (root / "prepare.py").read_text().endswith("DATA = 1\n")
+    assert git(root, "status", "--porcelain") == ""
+
+
+HANG = textwrap.dedent('''\
+    import os, subprocess, time
+    child = subprocess.Popen(["sleep", "300"])
+    open("pids.txt", "w").write(f"{os.getpid()} {child.pid}")
+    time.sleep(300)
+''')
+
+
+def test_a_hanging_script_is_killed_at_the_limit_with_no_process_left(tmp_path):
+    root = make_task(tmp_path / "ws", factor=1.0, grace=1.0)
+    (root / ".gitignore").write_text("results.tsv\n.autoresearch/\npids.txt\n")
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "ignore pids"], cwd=root, check=True)
+    agent = ScriptedAgent(lambda c: Proposal("hang", {"train.py": HANG}))
+    start = time.monotonic()
+    run(root, agent, 1)
+    assert time.monotonic() - start < 30
+    record = rows(root)[1]
+    assert record["status"] == "timeout" and "limit 2s" in record["reason"]
+    assert 2.0 <= record["wall_seconds"] < 8.0
+    pids = [int(p) for p in (root / "pids.txt").read_text().split()]
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    assert tsv(root)["score"].tolist()[1] == 0.0
+
+
+def test_a_crash_is_recorded_with_its_log_tail(tmp_path):
+    root = make_task(tmp_path / "ws")
+    crash = "".join(f"print('line {i}')\n" for i in range(80)) + "raise RuntimeError('boom: shapes do not match')\n"
+    run(root, ScriptedAgent(lambda c: Proposal("broken idea", {"train.py": crash})), 1)
+    record = rows(root)[1]
+    assert record["status"] == "crash" and record["reason"] == "exit code 1"
+    tail = record["log_tail"].splitlines()
+    assert len(tail) == 50 and tail[-1] == "RuntimeError: boom: shapes do not match" and "line 79" in tail
+    assert "line 10" not in tail
+    table = tsv(root)
+    assert table.iloc[1].tolist()[1:4] == [0.0, 0.0, "crash"]
+    assert "LR = 0.1" in (root / "train.py").read_text()
+
+
+def test_a_nan_metric_is_a_crash(tmp_path):
+    root = make_task(tmp_path / "ws")
+    run(root, ScriptedAgent(edit("LR = 0.1", "LR = 1e200")), 1)
+    record = rows(root)[1]
+    assert record["status"] == "crash" and record["reason"] in ("score is nan", "score is -inf")
+
+
+def test_missing_metric_is_a_crash(tmp_path):
+    root = make_task(tmp_path / "ws")
+    run(root, ScriptedAgent(edit('print(f"score: {score:.6f}")', 'print(f"loss: {score:.6f}")')), 1)
+    assert rows(root)[1]["reason"] == "no 'score' in the summary block"
+
+
+def test_a_crash_is_sent_back_for_fixes_then_given_up(tmp_path):
+    root = make_task(tmp_path / "ws")
+    broken = lambda c: Proposal("faster", {"train.py": c.files["train.py"].replace("LR = 0.1", "LR = 0.3\nraise SystemExit('typo in the update rule')")})
+
+    def fix_badly(context):
+        assert context.fix is not None and "typo in the update rule" in context.fix.log_tail
+        return Proposal(f"faster (fix {context.fix.attempt})", {"train.py": context.fix.files["train.py"].replace("typo", "still a typo")})
+
+    agent = ScriptedAgent(broken, fix_badly, fix_badly, edit("STEPS = 40", "STEPS = 60"))
+    run(root, agent, 4)
+    records = rows(root)
+    assert [(r["description"], r["status"], r["attempt"]) for r in records[1:]] == [
+        ("faster", "crash", 0), ("faster (fix 1)", "crash", 1), ("faster (fix 2)", "crash", 2), ("STEPS = 40 -> STEPS = 60", "keep", 0)]
+    assert [c.fix.attempt if c.fix else 0 for c in agent.contexts] == [0, 1, 2, 0]
+
+
+def test_a_fix_that_works_is_kept(tmp_path):
+    root = make_task(tmp_path / "ws")
+    broken = lambda c: Proposal("faster", {"train.py": c.files["train.py"].replace("LR = 0.1", "LR = 0.3\nundefined_name")})
+    fix = lambda c: Proposal("faster (fixed)", {"train.py": c.fix.files["train.py"].replace("\nundefined_name", "")})
+    run(root, ScriptedAgent(broken, fix), 2)
+    assert [r["status"] for r in rows(root)] == ["keep", "crash", "keep"]
+    assert "NameError" in rows(root)[1]["log_tail"]
+
+
+def test_a_repeated_candidate_is_skipped(tmp_path):
+    root = make_task(tmp_path / "ws")
+    agent = ScriptedAgent(edit("STEPS = 40", "STEPS = 2"), edit("STEPS = 40", "STEPS = 2", "the same idea again"), lambda c: Proposal("no change", dict(c.files)))
+    run(root, agent, 3)
+    assert [r["description"] for r in rows(root)] == ["baseline", "STEPS = 40 -> STEPS = 2"]
+    assert [r.status for r in agent.results] == ["discard", "duplicate", "duplicate"]
+
+
+def test_an_existing_tag_is_resumed_not_overwritten(tmp_path):
+    root = make_task(tmp_path / "ws")
+    run(root, ScriptedAgent(edit("LR = 0.1", "LR = 0.3")), 1)
+    head = git(root, "rev-parse", "HEAD")
+    git(root, "checkout", "-q", "main")
+    run(root, ScriptedAgent(edit("STEPS = 40", "STEPS = 80")), 1)
+    records = rows(root)
+    assert [r["description"] for r in records] == ["baseline", "LR = 0.1 -> LR = 0.3", "STEPS = 40 -> STEPS = 80"]
+    assert records[2]["parent_commit"] == head
+    assert git(root, "rev-parse", "HEAD") == [r for r in records if r["status"] == "keep"][-1]["commit_sha"]
+
+
+def test_a_dirty_tree_is_refused_and_left_alone(tmp_path):
+    root = make_task(tmp_path / "ws")
+    (root / "program.md").write_text("my unsaved instructions\n")
+    (root / "notes.txt").write_text("mine\n")
+    with pytest.raises(UsageError, match="uncommitted changes"):
+        run(root, ScriptedAgent(), 1)
+    assert (root / "program.md").read_text() == "my unsaved instructions\n" and (root / "notes.txt").exists()
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+def cli(*args, cwd, **kw):
+    return subprocess.Popen([sys.executable, "-m", "autoresearch", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+SLOW = NUMPY_TASK.replace('print("training done")', 'import time; time.sleep(float(os.environ["AUTORESEARCH_TIME_BUDGET"])); print("training done")')
+
+
+def wait_for(predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def running_row(root, min_id):
+    """The first row at or after min_id whose run has started, once the journal exists."""
+    try:
+        return next((r for r in rows(root) if r["state"] == "running" and r["id"] >= min_id and r["pid"]), None)
+    except sqlite3.OperationalError:  # the journal is not created yet
+        return None
+
+
+def test_sigkill_mid_experiment_then_resume_loses_and_duplicates_nothing(tmp_path):
+    root = make_task(tmp_path / "ws", train=SLOW)
+    harness = cli("run", "--tag", "t", "--agent", "perturb", "--budget", "1.5", "--max-experiments", "5", cwd=root)
+    victim = wait_for(lambda: running_row(root, 3))
+    harness.kill()
+    harness.wait()
+    assert psutil.pid_exists(victim["pid"])  # its run lives on in its own process group
+    resumed = cli("run", "--tag", "t", "--agent", "perturb", "--budget", "0.2", "--max-experiments", "2", cwd=root)
+    out, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, out
+    records = rows(root)
+    assert not psutil.pid_exists(victim["pid"]) or psutil.Process(victim["pid"]).status() == psutil.STATUS_ZOMBIE
+    cut = [r for r in records if r["id"] == victim["id"]][0]
+    assert (cut["state"], cut["status"]) == ("done", "crash") and cut["reason"].startswith("interrupted")
+    assert all(r["state"] == "done" for r in records)
+    assert len(records) == victim["id"] + 2  # everything before the kill, the cut one, then two new
+    assert len({r["id"] for r in records}) == len(records)
+    commits = [r["commit_sha"] for r in records if r["commit_sha"]]
+    assert len(set(commits)) == len(commits)
+    assert sum(r["description"] == "baseline" for r in records) == 1
+    table = tsv(root)
+    assert len(table) == len(records) and table["commit"].tolist() == [r["commit_sha"][:7] for r in records]
+    best = [r for r in records if r["status"] == "keep"][-1]
+    assert git(root, "rev-parse", "HEAD") == best["commit_sha"]
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_ctrl_c_finishes_cleanly_on_the_best_commit(tmp_path):
+    root = make_task(tmp_path / "ws", train=SLOW)
+    harness = cli("run", "--tag", "t", "--agent", "perturb", "--budget", "5", "--max-experiments", "5", cwd=root)
+    victim = wait_for(lambda: running_row(root, 2))
+    harness.send_signal(signal.SIGINT)
+    out, _ = harness.communicate(timeout=60)
+    assert harness.returncode == 0, out
+    assert "Interrupted" in out
+    records = rows(root)
+    cut = [r for r in records if r["id"] == victim["id"]][0]
+    assert cut["status"] == "crash" and cut["reason"].startswith("interrupted")
+    assert not psutil.pid_exists(victim["pid"]) or psutil.Process(victim["pid"]).status() == psutil.STATUS_ZOMBIE
+    best = [r for r in records if r["status"] == "keep"][-1]
+    assert git(root, "rev-parse", "HEAD") == best["commit_sha"]
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_numpy_task_end_to_end_through_the_cli(tmp_path):
+    root = make_task(tmp_path / "ws")
+    proc = cli("run", "--tag", "np", "--agent", "perturb", "--max-experiments", "4", cwd=root)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    table = tsv(root)
+    assert list(table.columns) == ["commit", "score", "memory_gb", "status", "description"]
+    assert len(table) == 5 and table["status"].iloc[0] == "keep"
+    assert set(table["status"]) <= {"keep", "discard", "crash"}
+    assert all(re.fullmatch(r"(LR|STEPS) \S+→\S+", d) for d in table["description"].iloc[1:])
+    status = subprocess.run([sys.executable, "-m", "autoresearch", "status"], cwd=root, capture_output=True, text=True)
+    assert status.returncode == 0 and "Best score:" in status.stdout and "autoresearch/np" in status.stdout
+    assert "Time: training" in status.stdout and "per hour" in status.stdout
