@@ -354,3 +354,27 @@ def test_numpy_task_end_to_end_through_the_cli(tmp_path):
     status = subprocess.run([sys.executable, "-m", "autoresearch", "status"], cwd=root, capture_output=True, text=True)
     assert status.returncode == 0 and "Best score:" in status.stdout and "autoresearch/np" in status.stdout
     assert "Time: training" in status.stdout and "per hour" in status.stdout
+
+
+def test_files_a_run_leaves_behind_never_ride_along_in_a_commit(tmp_path):
+    root = make_task(tmp_path / "ws")
+    writer = lambda c: Proposal("log to a file", {"train.py": 'open("out.txt", "a").write("x")\n' + c.files["train.py"].replace("LR = 0.1", "LR = 0.3")})
+    run(root, ScriptedAgent(writer, edit("STEPS = 40", "STEPS = 2")), 2)
+    records = rows(root)
+    assert [r["status"] for r in records] == ["keep", "keep", "discard"]
+    for r in records[1:]:
+        assert git(root, "show", "--name-only", "--format=", r["commit_sha"]) == "train.py"
+        assert "diff --git a/out.txt" not in r["diff"]
+
+
+def test_the_journal_times_the_whole_experiment(tmp_path):
+    root = make_task(tmp_path / "ws")
+
+    def slow_thinker(context):
+        time.sleep(0.3)
+        return edit("LR = 0.1", "LR = 0.3")(context)
+
+    run(root, ScriptedAgent(slow_thinker), 1)
+    record = rows(root)[1]
+    assert record["propose_seconds"] >= 0.3
+    assert record["experiment_seconds"] >= record["propose_seconds"] + record["wall_seconds"]

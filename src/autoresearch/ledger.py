@@ -97,11 +97,14 @@ class Ledger:
         return [Row(*r) for r in cur.fetchall()]
 
     def start(self, parent_commit: str, commit_sha: str | None, description: str, agent: str, diff: str,
-              editable_hash: str | None, seed: int | None, attempt: int = 0, propose_seconds: float = 0.0) -> int:
+              editable_hash: str | None, seed: int | None, attempt: int = 0, propose_seconds: float = 0.0,
+              started_at: float | None = None) -> int:
+        """Open a row (state 'running'); started_at is when the agent was asked, so the row spans the whole experiment."""
         cur = self.db.execute(
             "INSERT INTO experiments (branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt,"
             " propose_seconds, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt, propose_seconds, time.time()))
+            (self.branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt, propose_seconds,
+             started_at if started_at is not None else time.time()))
         return cur.lastrowid
 
     def set_run(self, row_id: int, pid: int, log_path: str) -> None:

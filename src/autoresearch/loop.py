@@ -60,30 +60,30 @@ class Loop:
         """One idea: propose, run, and let the agent fix a crash up to twice. Returns the number of runs."""
         best = self.ledger.best(self.s.maximize)
         context = self.context(best)
-        t0 = time.monotonic()
+        t0, started_at = time.monotonic(), time.time()
         proposal = self.agent.propose(context)
         runs = 0
         for attempt in range(MAX_FIX_ATTEMPTS + 1):
             if proposal is None:
                 break
-            result = self.try_candidate(proposal, best, attempt, time.monotonic() - t0)
+            result = self.try_candidate(proposal, best, attempt, time.monotonic() - t0, started_at)
             self.agent.observe(result)
             runs += 1 if result.extra.get("ran") else 0
             if result.status not in ("crash", "timeout") or attempt == MAX_FIX_ATTEMPTS:
                 break
             fix = CrashToFix(proposal.description, proposal.files, result.extra.get("log_tail", ""), attempt + 1)
             context = dataclasses.replace(context, fix=fix)
-            t0 = time.monotonic()
+            t0, started_at = time.monotonic(), time.time()
             proposal = self.agent.propose(context)
         return runs
 
-    def try_candidate(self, proposal: Proposal, best, attempt: int, propose_seconds: float) -> Result:
+    def try_candidate(self, proposal: Proposal, best, attempt: int, propose_seconds: float, started_at: float) -> Result:
         ws, parent = self.ws, best.commit_sha
         try:
             ws.write_files(proposal.files)
         except ValueError as exc:  # a locked or foreign file: refused, never run
             ws.reset_hard(parent)
-            row = self.ledger.start(parent, None, proposal.description, self.agent.name, "", None, None, attempt, propose_seconds)
+            row = self.ledger.start(parent, None, proposal.description, self.agent.name, "", None, None, attempt, propose_seconds, started_at)
             self.ledger.finish(row, "invalid", f"edit refused: {exc}")
             self.echo(f"  invalid   {proposal.description}: {exc}")
             return Result(proposal.description, "invalid", None, str(exc))
@@ -92,9 +92,9 @@ class Loop:
             ws.reset_hard(parent)
             self.echo(f"  skipped   {proposal.description}: already measured")
             return Result(proposal.description, "duplicate", None, "this exact code was already measured")
-        sha = ws.commit_all(proposal.description)
+        sha = ws.commit_editable(proposal.description)
         row = self.ledger.start(parent, sha, proposal.description, self.agent.name, ws.diff(parent, sha), digest,
-                                self.s.seed, attempt, propose_seconds)
+                                self.s.seed, attempt, propose_seconds, started_at)
         result = self.measure(row, proposal.description, best)
         ws.reset_hard(sha if result.status == "keep" else parent)
         return result
@@ -116,7 +116,7 @@ class Loop:
         if out.interrupted:
             raise KeyboardInterrupt
         metric = out.summary.get(self.s.metric)
-        changed_locked = [p for p in self.ws.changed_paths() if p in self.ws.locked]
+        changed_locked = self.ws.modified_locked()
         if changed_locked or self.ws.locked_hash() != self.locked_hash:
             status, reason = "invalid", f"locked file changed during the run: {', '.join(changed_locked) or 'content hash'}"
         elif out.timed_out:

@@ -15,6 +15,7 @@ def stats(rows) -> dict:
     ran = [r for r in done if r.wall_seconds is not None]
     training = sum(float(r.summary.get("training_seconds", 0) or 0) for r in ran)
     wall = sum(r.wall_seconds for r in ran)
+    agent = sum(r.propose_seconds or 0 for r in done)
     total = sum(r.experiment_seconds or 0 for r in done)
     span_hours = (max(r.ended_at for r in done) - min(r.started_at for r in done)) / 3600 if done else 0.0
     candidates = [r for r in done if r.description != "baseline"]
@@ -25,7 +26,8 @@ def stats(rows) -> dict:
         "per_hour": len(done) / span_hours if span_hours > 0 else 0.0,
         "training_seconds": training,
         "evaluation_seconds": max(0.0, wall - training),  # start-up and evaluation inside the run
-        "harness_seconds": max(0.0, total - wall),  # proposing, git, recording
+        "agent_seconds": agent,  # the agent thinking up proposals
+        "harness_seconds": max(0.0, total - wall - agent),  # checks, git, recording
     }
 
 
@@ -50,8 +52,8 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
     console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet"))
     console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
                   f"{s['per_hour']:.1f} per hour")
-    total = s["training_seconds"] + s["evaluation_seconds"] + s["harness_seconds"]
+    total = s["training_seconds"] + s["evaluation_seconds"] + s["agent_seconds"] + s["harness_seconds"]
     if total > 0:
         console.print("Time: " + ", ".join(f"{name} {s[key]:.0f}s ({100 * s[key] / total:.0f}%)" for name, key in
                                            (("training", "training_seconds"), ("start-up and evaluation", "evaluation_seconds"),
-                                            ("harness", "harness_seconds"))))
+                                            ("agent", "agent_seconds"), ("harness", "harness_seconds"))))

@@ -150,8 +150,13 @@ class Workspace:
     def locked_hash(self) -> str:
         return self.content_hash(self.locked)
 
-    def commit_all(self, message: str) -> str:
-        self.git("add", "-A")
+    def modified_locked(self) -> list[str]:
+        """Locked files whose content differs from HEAD (or that were deleted)."""
+        return [p for p in self.git("diff", "--name-only", "HEAD", "--", *self.locked).splitlines() if p]
+
+    def commit_editable(self, message: str) -> str:
+        """Commit the editable files only: files a run leaves behind never ride along in a candidate."""
+        self.git("add", "-A", "--", *self.editable)
         self.git(*_identity_args(self.root), "commit", "-q", "--no-verify", "-m", message)
         return self.head()
 

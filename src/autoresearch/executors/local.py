@@ -53,9 +53,8 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
 class LocalExecutor:
     """Runs the command with `sh -c` in a new session; stdout and stderr go to the run log."""
 
-    def __init__(self, kill_grace: float = 5.0, poll: float = 0.02):
+    def __init__(self, kill_grace: float = 5.0):
         self.kill_grace = kill_grace
-        self.poll = poll
 
     def run(self, workspace: Path, command: str, env: dict[str, str], limit_seconds: float, log_path: Path,
             on_start=None) -> RunOutcome:
@@ -68,11 +67,9 @@ class LocalExecutor:
             if on_start:
                 on_start(proc.pid)
             try:
-                while proc.poll() is None:
-                    if time.monotonic() - start > limit_seconds:
-                        timed_out = True
-                        break
-                    time.sleep(self.poll)
+                proc.wait(timeout=max(0.0, limit_seconds - (time.monotonic() - start)))
+            except subprocess.TimeoutExpired:
+                timed_out = True
             except KeyboardInterrupt:
                 interrupted = True
             wall = time.monotonic() - start
