@@ -131,6 +131,7 @@ def test_keep_advances_the_branch_and_discard_resets_it(tmp_path):
     assert git(root, "log", "-1", "--format=%s") == "LR = 0.1 -> LR = 0.3"
     assert records[1]["metric"] > records[0]["metric"] > records[2]["metric"]
     assert "-LR = 0.1" in records[1]["diff"] and "+LR = 0.3" in records[1]["diff"]
+    assert records[2]["reason"] and "score:" in records[2]["log_tail"] and records[1]["log_tail"] == ""
     table = tsv(root)
     assert list(table.columns) == ["commit", "score", "memory_gb", "status", "description"]
     assert list(table["status"]) == ["keep", "keep", "discard"]
@@ -378,3 +379,9 @@ def test_the_journal_times_the_whole_experiment(tmp_path):
     record = rows(root)[1]
     assert record["propose_seconds"] >= 0.3
     assert record["experiment_seconds"] >= record["propose_seconds"] + record["wall_seconds"]
+
+
+def test_max_hours_stops_before_the_next_experiment(tmp_path):
+    root = make_task(tmp_path / "ws")
+    run_session(root, tag="t", agent=ScriptedAgent(edit("LR = 0.1", "LR = 0.3")), max_hours=0, echo=lambda *_: None)
+    assert [r["description"] for r in rows(root)] == ["baseline"]

@@ -133,7 +133,8 @@ class Loop:
             decision = self.decider.decide(metric, best.metric, self.s.maximize)
             status, reason = ("keep" if decision.keep else "discard"), decision.reason
         ok = status in ("keep", "discard")
-        self.ledger.finish(row, status, reason, metric if ok else None, out.summary, out.wall_seconds, "" if ok else out.log_tail)
+        self.ledger.finish(row, status, reason, metric if ok else None, out.summary, out.wall_seconds,
+                           "" if status == "keep" else out.log_tail)  # every non-keep carries its log tail
         shown = f"{metric:.6f}" if ok else "-"
         self.echo(f"  {status:<9} {shown:>10}  {description}" + ("" if ok else f"  ({reason})"))
         return Result(description, status, metric if ok else None, reason,
