@@ -44,9 +44,33 @@ class Budget(_Strict):
         return float(self.seconds)
 
 
+class Price(_Strict):
+    input: float = Field(ge=0.0)  # dollars per million input tokens
+    output: float = Field(ge=0.0)  # dollars per million output tokens
+
+
+class TuneSpace(_Strict):
+    """A per-constant override of the tune agent's search space."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    choices: list[float] | None = None
+    fixed: bool = False  # never change this constant
+
+
 class AgentSettings(_Strict):
     name: Literal["perturb", "tune", "openai", "anthropic", "command"] = "perturb"
-    model: str | None = None
+    model: str | None = None  # openai / anthropic: the model name
+    base_url: str | None = None  # openai: any OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, OpenRouter...)
+    api_key_env: str | None = None  # the variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)
+    max_tokens: int = Field(8192, ge=1)  # reply length cap for LLM agents
+    timeout_seconds: float = Field(600.0, gt=0)  # one LLM call, or one run of the command agent
+    max_retries: int = Field(5, ge=0)  # LLM calls: retries on 429, 5xx and timeouts, with backoff
+    command: str | None = None  # command agent: e.g. "claude -p {prompt_file}"
+    history_limit: int = Field(50, ge=1)  # how many recent discarded or crashed ideas the prompt shows
+    prices: dict[str, Price] = Field(default_factory=dict)  # per-model price overrides, dollars per million tokens
+    tune: dict[str, TuneSpace] = Field(default_factory=dict)  # tune: per-constant search-space overrides
 
 
 class Config(_Strict):

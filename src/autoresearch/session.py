@@ -44,7 +44,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     config = load_config(root)
     locked = list(dict.fromkeys(config.locked + ["autoresearch.toml"]))  # the protocol itself is always locked
     ws = Workspace(root, config.editable, locked)
-    agent = agent or make_agent(agent_name or config.agent.name, seed=seed)
+    agent = agent or make_agent(agent_name or config.agent.name, config.agent, seed=seed, workspace=root)
     branch = prepare_branch(ws, tag or default_tag())
     device = detect_device()
     seconds = budget if budget is not None else config.budget.resolve_seconds(device == "cuda")

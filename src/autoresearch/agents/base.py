@@ -7,6 +7,20 @@ from typing import Protocol
 
 
 @dataclass
+class Usage:
+    """What proposing cost: tokens and the estimated dollars (0 for offline agents)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+
+    def add(self, other: "Usage") -> "Usage":
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens,
+                     self.cost_usd + other.cost_usd, self.calls + other.calls)
+
+
+@dataclass
 class Proposal:
     description: str  # one line: goes into results.tsv and the commit message
     files: dict[str, str]  # path relative to the workspace -> the file's full new text
@@ -31,6 +45,11 @@ class Context:
     best: float | None
     device: str = "cpu"
     fix: CrashToFix | None = None  # set when the agent may fix its crashed idea
+    kept_diffs: list[dict] = field(default_factory=list)  # {"description", "diff", "metric"} of kept changes, oldest first
+    recent_failures: list[dict] = field(default_factory=list)  # last N discarded/crashed ideas: description, status, reason, metric
+    noise_floor: float | None = None  # σ of the metric between seeds, when known
+    editable: list[str] = field(default_factory=list)  # the editable globs
+    workspace: str = ""  # the workspace's root, for agents that work in it (command)
 
 
 @dataclass
@@ -43,7 +62,10 @@ class Result:
 
 
 class Agent(Protocol):
+    """`spent` is the running total of what proposing has cost; the loop bills each change of it to an experiment."""
+
     name: str
+    spent: Usage
 
     def propose(self, context: Context) -> Proposal | None: ...
 

@@ -6,7 +6,7 @@ import ast
 import math
 import random
 
-from autoresearch.agents.base import Context, Proposal, Result
+from autoresearch.agents.base import Context, Proposal, Result, Usage
 
 
 def numeric_constants(source: str, cuda: bool) -> list[tuple[str, ast.Constant]]:
@@ -51,6 +51,7 @@ class PerturbAgent:
     name = "perturb"
 
     def __init__(self, seed: int = 0, target: str = "train.py"):
+        self.spent = Usage()  # offline: proposing costs nothing
         self.rng = random.Random(seed)
         self.target = target
 
