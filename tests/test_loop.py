@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from autoresearch import UsageError
-from autoresearch.agents.base import Proposal
+from autoresearch.agents.base import Proposal, Usage
 from autoresearch.session import run_session
 
 NUMPY_TASK = textwrap.dedent('''\
@@ -385,3 +385,33 @@ def test_max_hours_stops_before_the_next_experiment(tmp_path):
     root = make_task(tmp_path / "ws")
     run_session(root, tag="t", agent=ScriptedAgent(edit("LR = 0.1", "LR = 0.3")), max_hours=0, echo=lambda *_: None)
     assert [r["description"] for r in rows(root)] == ["baseline"]
+
+
+class PayingAgent(ScriptedAgent):
+    """A scripted agent whose every proposal costs 1,000 + 200 tokens and one cent."""
+
+    def __init__(self, *steps):
+        super().__init__(*steps)
+        self.spent = Usage()
+
+    def propose(self, context):
+        self.spent = self.spent.add(Usage(1000, 200, 0.01, 1))
+        return super().propose(context)
+
+
+def test_the_cost_cap_stops_the_loop_and_spend_lands_in_the_journal(tmp_path):
+    root = make_task(tmp_path / "ws")
+    steps = [lambda c, i=i: Proposal(f"STEPS {40 + i}", {"train.py": re.sub(r"STEPS = \d+", f"STEPS = {40 + i}", c.files["train.py"])})
+             for i in range(1, 8)]
+    ledger, _ = run_session(root, tag="t", agent=PayingAgent(*steps), max_cost=0.025, echo=lambda *_: None)
+    records = rows(root)
+    assert len(records) == 1 + 3  # the baseline, then three proposals at one cent each reach 2.5 cents
+    assert [(r["input_tokens"], r["output_tokens"], r["llm_calls"]) for r in records[1:]] == [(1000, 200, 1)] * 3
+    assert sum(r["cost_usd"] for r in records) == pytest.approx(0.03)
+    assert ledger.total_cost() == pytest.approx(0.03)
+
+
+def test_spend_on_a_proposal_that_never_ran_is_billed_to_the_next_row(tmp_path):
+    root = make_task(tmp_path / "ws")
+    run_session(root, tag="t", agent=PayingAgent(lambda c: None, edit("LR = 0.1", "LR = 0.3")), max_experiments=1, echo=lambda *_: None)
+    assert rows(root)[1]["cost_usd"] == pytest.approx(0.02) and rows(root)[1]["llm_calls"] == 2

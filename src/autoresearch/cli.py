@@ -39,7 +39,9 @@ def cmd_run(args) -> int:
     from autoresearch.session import run_session
     from autoresearch.status import render_status
 
-    ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments, args.max_hours)
+    overrides = {"model": args.model, "base_url": args.base_url, "command": args.command}
+    ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments,
+                                   args.max_hours, max_cost=args.max_cost, agent_overrides=overrides)
     render_status(ledger, maximize)
     return 0
 
@@ -78,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the research loop: baseline, then propose, run, keep or revert, record; resumes where it stopped")
     p.add_argument("--workspace", default=".")
     p.add_argument("--tag", default=None, help="experiments go on branch autoresearch/<tag> (default: today, e.g. nov22); an existing tag is resumed")
-    p.add_argument("--agent", default=None, help="who proposes: perturb (built in); default from autoresearch.toml")
+    p.add_argument("--agent", default=None, choices=["tune", "openai", "anthropic", "command", "perturb"],
+                   help="who proposes (default: [agent] name in autoresearch.toml)")
+    p.add_argument("--model", default=None, help="openai / anthropic: the model")
+    p.add_argument("--base-url", default=None, help="openai: an OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, OpenRouter...)")
+    p.add_argument("--command", default=None, help="command agent: a coding-agent CLI, e.g. 'claude -p {prompt_file}'")
+    p.add_argument("--max-cost", type=float, default=None, help="stop once the estimated agent spend on this branch reaches USD")
     p.add_argument("--budget", type=float, default=None, help="training seconds per experiment (default from autoresearch.toml)")
     p.add_argument("--seed", type=int, default=42, help="AUTORESEARCH_SEED given to every run")
     p.add_argument("--max-experiments", type=int, default=None, help="stop after N experiments (the baseline not counted)")

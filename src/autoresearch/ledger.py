@@ -38,7 +38,11 @@ CREATE TABLE IF NOT EXISTS experiments (
     wall_seconds REAL,                          -- the run's process, timed by the harness
     experiment_seconds REAL,                    -- the whole experiment: propose, git, run, record
     propose_seconds REAL,
-    attempt INTEGER NOT NULL DEFAULT 0          -- 0 for a new idea, 1..2 for fixes of a crash
+    attempt INTEGER NOT NULL DEFAULT 0,         -- 0 for a new idea, 1..2 for fixes of a crash
+    input_tokens INTEGER NOT NULL DEFAULT 0,    -- what the agent spent since the previous row
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    llm_calls INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0            -- estimated, from the price table
 );
 CREATE INDEX IF NOT EXISTS by_branch ON experiments(branch, id);
 """
@@ -70,6 +74,10 @@ class Row:
     experiment_seconds: float | None
     propose_seconds: float | None
     attempt: int
+    input_tokens: int
+    output_tokens: int
+    llm_calls: int
+    cost_usd: float
 
     @property
     def summary(self) -> dict:
@@ -106,6 +114,15 @@ class Ledger:
             (self.branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt, propose_seconds,
              started_at if started_at is not None else time.time()))
         return cur.lastrowid
+
+    def bill(self, row_id: int, usage) -> None:
+        """Add what the agent spent (tokens, calls, dollars) to a row."""
+        self.db.execute("UPDATE experiments SET input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
+                        " llm_calls = llm_calls + ?, cost_usd = cost_usd + ? WHERE id = ?",
+                        (usage.input_tokens, usage.output_tokens, usage.calls, usage.cost_usd, row_id))
+
+    def total_cost(self) -> float:
+        return self.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM experiments WHERE branch = ?", (self.branch,)).fetchone()[0]
 
     def set_run(self, row_id: int, pid: int, log_path: str) -> None:
         self.db.execute("UPDATE experiments SET pid = ?, log_path = ? WHERE id = ?", (pid, log_path, row_id))

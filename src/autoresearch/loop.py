@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch import UsageError
-from autoresearch.agents.base import Context, CrashToFix, Proposal, Result
+from autoresearch.agents.base import Context, CrashToFix, Proposal, Result, Usage
 from autoresearch.executors.local import group_alive, kill_group
 from autoresearch.ledger import STATE_DIR, Ledger
 from autoresearch.workspace import Workspace
@@ -30,6 +30,8 @@ class Settings:
     device: str
     max_experiments: int | None = None
     max_hours: float | None = None
+    max_cost: float | None = None  # dollars of estimated agent spend on this branch
+    history_limit: int = 50  # recent discarded or crashed ideas shown to the agent
 
 
 class Loop:
@@ -37,6 +39,8 @@ class Loop:
         self.ws, self.ledger, self.agent, self.executor, self.decider, self.s = ws, ledger, agent, executor, decider, settings
         self.echo = echo
         self.locked_hash = ws.locked_hash()
+        self.billed = Usage()  # the part of agent.spent already written to the journal
+        self.last_row: int | None = None
 
     def run(self) -> None:
         """Recover, baseline if needed, then experiments until a limit; Ctrl-C leaves the branch on the best commit."""
@@ -54,6 +58,8 @@ class Loop:
         except KeyboardInterrupt:
             self.echo("Interrupted: recording and returning to the best commit.")
         finally:
+            if self.last_row is not None:  # spend after the last experiment (e.g. a reply that did not parse)
+                self.ledger.bill(self.last_row, self._unbilled())
             self.recover()
 
     def step(self) -> int:
@@ -77,13 +83,27 @@ class Loop:
             proposal = self.agent.propose(context)
         return runs
 
+    def _unbilled(self) -> Usage:
+        spent = getattr(self.agent, "spent", Usage())
+        delta = Usage(spent.input_tokens - self.billed.input_tokens, spent.output_tokens - self.billed.output_tokens,
+                      spent.cost_usd - self.billed.cost_usd, spent.calls - self.billed.calls)
+        self.billed = Usage(spent.input_tokens, spent.output_tokens, spent.cost_usd, spent.calls)
+        return delta
+
+    def _start(self, *args, **kwargs) -> int:
+        """Open a journal row and bill it what the agent spent since the last one."""
+        row = self.ledger.start(*args, **kwargs)
+        self.ledger.bill(row, self._unbilled())
+        self.last_row = row
+        return row
+
     def try_candidate(self, proposal: Proposal, best, attempt: int, propose_seconds: float, started_at: float) -> Result:
         ws, parent = self.ws, best.commit_sha
         try:
             ws.write_files(proposal.files)
         except ValueError as exc:  # a locked or foreign file: refused, never run
             ws.reset_hard(parent)
-            row = self.ledger.start(parent, None, proposal.description, self.agent.name, "", None, None, attempt, propose_seconds, started_at)
+            row = self._start(parent, None, proposal.description, self.agent.name, "", None, None, attempt, propose_seconds, started_at)
             self.ledger.finish(row, "invalid", f"edit refused: {exc}")
             self.echo(f"  invalid   {proposal.description}: {exc}")
             return Result(proposal.description, "invalid", None, str(exc))
@@ -93,8 +113,8 @@ class Loop:
             self.echo(f"  skipped   {proposal.description}: already measured")
             return Result(proposal.description, "duplicate", None, "this exact code was already measured")
         sha = ws.commit_editable(proposal.description)
-        row = self.ledger.start(parent, sha, proposal.description, self.agent.name, ws.diff(parent, sha), digest,
-                                self.s.seed, attempt, propose_seconds, started_at)
+        row = self._start(parent, sha, proposal.description, self.agent.name, ws.diff(parent, sha), digest,
+                          self.s.seed, attempt, propose_seconds, started_at)
         result = self.measure(row, proposal.description, best)
         ws.reset_hard(sha if result.status == "keep" else parent)
         return result
@@ -152,12 +172,22 @@ class Loop:
             self.ws.reset_hard(best.commit_sha)
 
     def context(self, best) -> Context:
+        done = [r for r in self.ledger.rows() if r.state == "done"]
         history = [{"commit": (r.commit_sha or "-")[:7], "metric": r.metric, "status": r.status, "description": r.description,
-                    "reason": r.reason} for r in self.ledger.rows() if r.state == "done"]
+                    "reason": r.reason} for r in done]
+        kept = [{"description": r.description, "diff": r.diff, "metric": r.metric} for r in done if r.status == "keep" and r.diff]
+        failures = [{"description": r.description, "status": r.status, "reason": r.reason, "metric": r.metric}
+                    for r in done if r.status != "keep"][-self.s.history_limit:]
         return Context(self.s.program, self.ws.read_editable(), self.ws.read_locked(), history, self.s.metric,
-                       self.s.maximize, best.metric if best else None, self.s.device)
+                       self.s.maximize, best.metric if best else None, self.s.device, kept_diffs=kept,
+                       recent_failures=failures, editable=list(self.ws.editable), workspace=str(self.ws.root))
 
     def _limit_reached(self, done: int, started: float) -> bool:
         if self.s.max_experiments is not None and done >= self.s.max_experiments:
             return True
+        if self.s.max_cost is not None:
+            spent = self.ledger.total_cost() + getattr(self.agent, "spent", Usage()).cost_usd - self.billed.cost_usd
+            if spent >= self.s.max_cost:
+                self.echo(f"Estimated agent spend ${spent:.4f} reached the cap of ${self.s.max_cost:.4f}; stopping.")
+                return True
         return self.s.max_hours is not None and time.monotonic() - started >= self.s.max_hours * 3600

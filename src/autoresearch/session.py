@@ -35,16 +35,18 @@ def prepare_branch(ws: Workspace, tag: str) -> str:
 
 def run_session(root: Path, tag: str | None = None, agent_name: str | None = None, budget: float | None = None,
                 seed: int = 42, max_experiments: int | None = None, max_hours: float | None = None,
-                echo=print, agent=None) -> tuple[Ledger, bool]:
+                echo=print, agent=None, max_cost: float | None = None, agent_overrides: dict | None = None) -> tuple[Ledger, bool]:
     """Run the loop on autoresearch/<tag>; returns the ledger and whether the metric is maximized.
 
-    `agent`, if given, is any object with the Agent protocol; else one is made from `agent_name` or the config.
+    `agent`, if given, is any object with the Agent protocol; else one is made from `agent_name` or the config,
+    with `agent_overrides` (model, base_url, command, ...) laid over the config's [agent] table.
     """
     root = Path(root).resolve()
     config = load_config(root)
     locked = list(dict.fromkeys(config.locked + ["autoresearch.toml"]))  # the protocol itself is always locked
     ws = Workspace(root, config.editable, locked)
-    agent = agent or make_agent(agent_name or config.agent.name, config.agent, seed=seed, workspace=root)
+    agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
+    agent = agent or make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root)
     branch = prepare_branch(ws, tag or default_tag())
     device = detect_device()
     seconds = budget if budget is not None else config.budget.resolve_seconds(device == "cuda")
@@ -52,7 +54,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         run_command=config.commands.run, program=(root / config.program).read_text(encoding="utf-8"),
         metric=config.metric.name, maximize=config.metric.direction == "maximize", budget_seconds=seconds,
         limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds, seed=seed, device=device,
-        max_experiments=max_experiments, max_hours=max_hours)
+        max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit)
     ledger = Ledger(root, branch, config.metric.name)
     echo(f"Branch {branch} | agent {agent.name} | {device} | budget {seconds:g}s, killed at {settings.limit_seconds:g}s | "
          f"{settings.metric} ({config.metric.direction})")

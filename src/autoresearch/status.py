@@ -38,13 +38,14 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
         console.print(f"No experiments on {ledger.branch} yet.")
         return
     table = Table(title=f"{ledger.branch}: {ledger.metric_name} ({'higher' if maximize else 'lower'} is better)")
-    for column in ("#", "commit", ledger.metric_name, "mem GB", "status", "description", "wall s", "reason"):
-        table.add_column(column, justify="right" if column in ("#", ledger.metric_name, "mem GB", "wall s") else "left")
+    for column in ("#", "commit", ledger.metric_name, "mem GB", "status", "description", "wall s", "cost $", "reason"):
+        table.add_column(column, justify="right" if column in ("#", ledger.metric_name, "mem GB", "wall s", "cost $") else "left")
     for r in rows:
         status = r.status or r.state
         table.add_row(str(r.id), (r.commit_sha or "-")[:7], f"{r.metric:.6f}" if r.metric is not None else "-",
                       f"{r.memory_gb:.1f}" if r.memory_gb is not None else "-", f"[{STYLES.get(status, '')}]{status}[/]",
                       r.description, f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
+                      f"{r.cost_usd:.4f}" if r.llm_calls else "-",
                       r.reason if status not in ("keep", "discard") else "")
     console.print(table)
     best = ledger.best(maximize)
@@ -52,6 +53,11 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
     console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet"))
     console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
                   f"{s['per_hour']:.1f} per hour")
+    calls = sum(r.llm_calls for r in rows)
+    if calls:
+        tokens = sum(r.input_tokens + r.output_tokens for r in rows)
+        console.print(f"Agent spend: ${ledger.total_cost():.4f} estimated over {calls} LLM calls, {tokens:,} tokens "
+                      f"(${ledger.total_cost() / max(1, s['experiments']):.4f} per experiment)")
     total = s["training_seconds"] + s["evaluation_seconds"] + s["agent_seconds"] + s["harness_seconds"]
     if total > 0:
         console.print("Time: " + ", ".join(f"{name} {s[key]:.0f}s ({100 * s[key] / total:.0f}%)" for name, key in

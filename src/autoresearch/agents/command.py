@@ -1,0 +1,194 @@
+"""The command agent: runs a coding-agent CLI (claude, codex, aider...) in the workspace and reads its edits with git."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from autoresearch import UsageError
+from autoresearch.agents.base import Context, Proposal, Result, Usage
+from autoresearch.agents.prompt import build_prompt
+from autoresearch.config import AgentSettings, load_config
+from autoresearch.executors.local import group_alive, kill_group
+from autoresearch.ledger import STATE_DIR
+from autoresearch.process import command_env
+from autoresearch.workspace import Workspace
+
+PLACEHOLDER = "{prompt_file}"
+PROMPT_DIR = Path(STATE_DIR) / "prompts"
+MAX_DESCRIPTION = 200
+FALLBACK_DESCRIPTION = "command agent edit"
+OUTPUT_TAIL_BYTES = 256_000  # the description is looked for in the last part of the CLI's output
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+
+
+class CommandAgent:
+    """Runs `settings.command` with `sh -c` in the workspace; the CLI edits files in place, the harness reads them.
+
+    `{prompt_file}` in the command becomes the (shell-quoted) path of the prompt; a command without it gets the
+    prompt on stdin. Afterwards any change to a file that is not editable rejects the proposal; the tree is always
+    put back to HEAD and the edits return as a Proposal, which the loop writes back and commits itself.
+
+    `spent` stays at zero: what the CLI itself costs (its own tokens and dollars) is unknown to the harness.
+    Why the last proposal came back as None is in `last_error`.
+    """
+
+    name = "command"
+    kill_grace = 5.0  # seconds between SIGTERM and SIGKILL for the CLI's process group
+
+    def __init__(self, settings: AgentSettings, workspace: Path | str | None = None):
+        if not (settings.command or "").strip():
+            raise UsageError('the command agent needs [agent] command, e.g. command = "claude -p {prompt_file}"')
+        self.settings = settings
+        self.workspace = Path(workspace).resolve() if workspace else None
+        self.spent = Usage()
+        self.last_error: str | None = None
+        self.last_log: Path | None = None
+
+    def observe(self, result: Result) -> None:
+        pass
+
+    def propose(self, context: Context) -> Proposal | None:
+        self.last_error = None
+        root = Path(context.workspace).resolve() if context.workspace else self.workspace
+        if root is None:
+            raise UsageError("the command agent needs the workspace's folder")
+        locked = list(dict.fromkeys([*context.locked, "autoresearch.toml"]))
+        ws = Workspace(root, self._editable(context, root), locked)
+        base, branch = ws.head(), ws.branch()
+        prompt_path, log_path = self._next_paths(root)
+        prompt_path.write_text(build_prompt(context, reply_format="direct"), encoding="utf-8")
+        self.last_log = log_path
+        before = self._untracked(ws)  # left by earlier runs (checkpoints...): not the CLI's doing
+        try:
+            if context.fix is not None:
+                try:
+                    ws.write_files(context.fix.files)
+                except ValueError as exc:
+                    return self._fail(f"cannot set up the crashed version: {exc}")
+                fix_start = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(self._changes(ws, base, before))}
+            code, timed_out = self._run(ws.root, prompt_path, log_path)
+            if timed_out:
+                return self._fail(f"the command timed out after {self.settings.timeout_seconds:g}s (log: {log_path})")
+            if code != 0:
+                return self._fail(f"the command exited with code {code} (log: {log_path})")
+            changes = self._changes(ws, base, before)
+            foreign = sorted(p for p in changes if not ws.is_editable(p))
+            if foreign:
+                return self._fail(f"the command changed files that are not editable: {', '.join(foreign)}")
+            deleted = sorted(p for p, status in changes.items() if status == "D")
+            if deleted:
+                return self._fail(f"the command deleted {', '.join(deleted)}; deleting files cannot be proposed")
+            try:
+                files = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(changes)}
+            except (OSError, UnicodeDecodeError) as exc:
+                return self._fail(f"cannot read the edited files: {exc}")
+            if not files:
+                return self._fail("the command changed no file")
+            if context.fix is not None and files == fix_start:
+                return self._fail("the command made no edit to the crashed version: the fix is given up")
+            return Proposal(describe(read_output(log_path)), files)
+        finally:
+            self._restore(ws, base, branch, before)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _fail(self, why: str) -> None:
+        self.last_error = why
+        return None
+
+    @staticmethod
+    def _editable(context: Context, root: Path) -> list[str]:
+        """The editable globs: from the context, else the workspace's config, else the editable files' names."""
+        if context.editable:
+            return list(context.editable)
+        try:
+            return list(load_config(root).editable)
+        except UsageError:
+            return sorted(context.files)
+
+    @staticmethod
+    def _next_paths(root: Path) -> tuple[Path, Path]:
+        folder = root / PROMPT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 1 + max((int(p.stem) for p in folder.iterdir() if p.stem.isdigit()), default=0)
+        return folder / f"{n}.md", folder / f"{n}.log"
+
+    def _run(self, root: Path, prompt_path: Path, log_path: Path) -> tuple[int | None, bool]:
+        """Run the command in its own process group; kill the group at the time limit. Returns (exit code, timed out)."""
+        command = self.settings.command
+        use_stdin = PLACEHOLDER not in command
+        if not use_stdin:
+            command = command.replace(PLACEHOLDER, shlex.quote(str(prompt_path)))
+        env = command_env({"AUTORESEARCH_PROMPT_FILE": str(prompt_path)})
+        timed_out = False
+        with open(log_path, "wb") as log, open(prompt_path, "rb") if use_stdin else open(os.devnull, "rb") as stdin:
+            proc = subprocess.Popen(command, shell=True, cwd=root, env=env, stdin=stdin, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                proc.wait(timeout=self.settings.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:  # a timeout, Ctrl-C, or children the CLI left behind: the whole group goes
+                if proc.poll() is None or group_alive(proc.pid):
+                    kill_group(proc.pid, self.kill_grace, proc)
+                proc.wait()
+        return (None if timed_out else proc.returncode), timed_out
+
+    @staticmethod
+    def _untracked(ws: Workspace) -> set[str]:
+        out = ws.git("ls-files", "--others", "--exclude-standard", "-z")
+        return {p for p in out.split("\0") if p and not _is_state(p)}
+
+    def _changes(self, ws: Workspace, base: str, before: set[str]) -> dict[str, str]:
+        """Path -> status letter (A, M, D, T) of everything that differs from `base`, commits the CLI made included."""
+        fields = ws.git("diff", "--name-status", "--no-renames", "-z", base).split("\0")
+        changes = {path: status[:1] for status, path in zip(fields[0::2], fields[1::2]) if path and not _is_state(path)}
+        changes.update({p: "A" for p in self._untracked(ws) - before})
+        return changes
+
+    def _restore(self, ws: Workspace, base: str, branch: str, before: set[str]) -> None:
+        """Back to `base` on the original branch: tracked files reset, files the CLI created deleted."""
+        if ws.branch() != branch:
+            ws.git("checkout", "-q", "-f", branch)
+        ws.reset_hard(base)  # also cleans new untracked files under the editable globs
+        for relpath in sorted(self._untracked(ws) - before):
+            path = ws.root / relpath
+            path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent != ws.root and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
+
+def _is_state(path: str) -> bool:
+    return path == STATE_DIR or path.startswith(STATE_DIR + "/")
+
+
+def read_output(log_path: Path) -> str:
+    with open(log_path, "rb") as f:
+        f.seek(max(0, os.path.getsize(log_path) - OUTPUT_TAIL_BYTES))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def describe(output: str) -> str:
+    """The last `DESCRIPTION:` line's text, else the last non-empty line, as one line of at most 200 characters."""
+    lines = [_ANSI.sub("", line).strip() for line in output.splitlines()]
+    for line in reversed(lines):
+        if "DESCRIPTION:" in line:
+            text = _clean(line.rsplit("DESCRIPTION:", 1)[1])
+            if text and not text.startswith("<"):  # not the prompt's own template echoed back
+                return text
+    for line in reversed(lines):
+        text = _clean(line)
+        if text:
+            return text
+    return FALLBACK_DESCRIPTION
+
+
+def _clean(text: str) -> str:
+    text = " ".join(text.split()).strip("*_` ")
+    return text[:MAX_DESCRIPTION].rstrip()
