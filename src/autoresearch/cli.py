@@ -20,18 +20,9 @@ def cmd_init(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from autoresearch.config import load_config
-    from autoresearch.process import run_streaming
+    from autoresearch.session import prepare_workspace
 
-    workspace = Path(args.workspace)
-    config = load_config(workspace)
-    if not config.commands.setup:
-        print("This workspace has no setup command; nothing to prepare.")
-        return 0
-    print(f"$ {config.commands.setup}")
-    code, _ = run_streaming(config.commands.setup, workspace, echo=print)
-    if code != 0:
-        raise UsageError(f"the setup step `{config.commands.setup}` failed with exit code {code}")
+    prepare_workspace(Path(args.workspace))
     return 0
 
 

@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 from autoresearch import UsageError
-from autoresearch.config import CONFIG_FILE, load_config
-from autoresearch.process import run_streaming
-from autoresearch.session import run_session
+from autoresearch.config import CONFIG_FILE
+from autoresearch.session import prepare_workspace, run_session
 from autoresearch.status import render_status
 from autoresearch.workspace import init_workspace
 
@@ -27,12 +26,8 @@ def make_demo_workspace(directory: Path, force: bool) -> Path:
 def run_demo(directory: Path, force: bool, budget: float, experiments: int, echo=print) -> Path:
     """Init, prepare, then the loop with the built-in agent for `experiments` experiments of `budget` seconds."""
     workspace = make_demo_workspace(Path(directory), force)
-    config = load_config(workspace)
     echo(f"Workspace: {workspace.resolve()}")
-    echo(f"$ {config.commands.setup}")
-    code, _ = run_streaming(config.commands.setup, workspace, echo=echo)
-    if code != 0:
-        raise UsageError(f"the setup step `{config.commands.setup}` failed with exit code {code}")
+    prepare_workspace(workspace, echo)
     echo(f"$ autoresearch run --tag demo --budget {budget:g} --max-experiments {experiments}")
     echo("The built-in 'perturb' agent nudges one of train.py's constants at random: a smoke test of the loop, not a search.")
     ledger, maximize = run_session(workspace, tag="demo", agent_name="perturb", budget=budget, max_experiments=experiments, echo=echo)

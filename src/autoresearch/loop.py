@@ -6,7 +6,6 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from autoresearch import UsageError
 from autoresearch.agents.base import Context, CrashToFix, Proposal, Result, Usage

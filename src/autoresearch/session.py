@@ -14,7 +14,20 @@ from autoresearch.device import detect_device
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR, Ledger
 from autoresearch.loop import Loop, Settings
+from autoresearch.process import run_streaming
 from autoresearch.workspace import Workspace
+
+
+def prepare_workspace(root: Path, echo=print) -> None:
+    """Run the workspace's locked set-up step (`commands.setup`), streaming its output."""
+    config = load_config(root)
+    if not config.commands.setup:
+        echo("This workspace has no setup command; nothing to prepare.")
+        return
+    echo(f"$ {config.commands.setup}")
+    code, _ = run_streaming(config.commands.setup, Path(root), echo=echo)
+    if code != 0:
+        raise UsageError(f"the setup step `{config.commands.setup}` failed with exit code {code}")
 
 
 def default_tag() -> str:
