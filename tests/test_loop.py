@@ -1,6 +1,5 @@
 """The research loop with a real git repo and real subprocesses, on a small numpy task (score, maximize)."""
 
-import os
 import re
 import signal
 import sqlite3
