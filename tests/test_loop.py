@@ -414,3 +414,29 @@ def test_spend_on_a_proposal_that_never_ran_is_billed_to_the_next_row(tmp_path):
     root = make_task(tmp_path / "ws")
     run_session(root, tag="t", agent=PayingAgent(lambda c: None, edit("LR = 0.1", "LR = 0.3")), max_experiments=1, echo=lambda *_: None)
     assert rows(root)[1]["cost_usd"] == pytest.approx(0.02) and rows(root)[1]["llm_calls"] == 2
+
+
+class BrokenAgent:
+    """An agent whose every call fails, as with a wrong API key."""
+
+    name = "broken"
+
+    def __init__(self):
+        self.spent, self.calls, self.last_error = Usage(), 0, None
+
+    def propose(self, context):
+        self.calls += 1
+        self.last_error = "401 Unauthorized: invalid API key"
+        return None
+
+    def observe(self, result):
+        pass
+
+
+def test_an_agent_that_keeps_failing_stops_the_loop_early(tmp_path):
+    root = make_task(tmp_path / "ws")
+    lines = []
+    agent = BrokenAgent()
+    run_session(root, tag="t", agent=agent, max_experiments=10, echo=lines.append)
+    assert agent.calls == 5
+    assert any("401 Unauthorized" in line for line in lines)

@@ -15,6 +15,7 @@ from autoresearch.workspace import Workspace
 
 MAX_FIX_ATTEMPTS = 2
 MAX_IDLE_PROPOSALS = 50  # proposals in a row that led to no run (none, duplicate, rejected) before giving up
+MAX_AGENT_ERRORS = 5  # proposals in a row that failed with an agent error (bad key, dead endpoint) before giving up
 
 
 @dataclass
@@ -44,14 +45,15 @@ class Loop:
     def run(self) -> None:
         """Recover, baseline if needed, then experiments until a limit; Ctrl-C leaves the branch on the best commit."""
         self.recover()
-        started, done, idle = time.monotonic(), 0, 0
+        started, done, idle, errors = time.monotonic(), 0, 0, 0
         try:
             if self.ledger.best(self.s.maximize) is None:
                 self.baseline()
             while not self._limit_reached(done, started):
                 ran = self.step()
                 done, idle = done + ran, 0 if ran else idle + 1
-                if idle >= MAX_IDLE_PROPOSALS:
+                errors = 0 if ran or not getattr(self.agent, "last_error", None) else errors + 1
+                if idle >= MAX_IDLE_PROPOSALS or errors >= MAX_AGENT_ERRORS:
                     self.echo(f"The agent made {idle} proposals in a row that could not run; stopping.")
                     break
         except KeyboardInterrupt:
@@ -70,6 +72,8 @@ class Loop:
         runs = 0
         for attempt in range(MAX_FIX_ATTEMPTS + 1):
             if proposal is None:
+                why = getattr(self.agent, "last_error", None)
+                self.echo(f"  no proposal from {self.agent.name}" + (f": {why}" if why else ""))
                 break
             result = self.try_candidate(proposal, best, attempt, time.monotonic() - t0, started_at)
             self.agent.observe(result)

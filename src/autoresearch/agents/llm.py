@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from autoresearch import UsageError
 from autoresearch.agents.base import Context, Proposal, Result, Usage
-from autoresearch.agents.edits import EditError, apply_edits, describe_errors, parse_reply
+from autoresearch.agents.edits import apply_edits, describe_errors, parse_reply
 from autoresearch.agents.pricing import cost
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.config import AgentSettings
@@ -62,7 +62,7 @@ class LLMAgent:
         current = {**parent, **context.fix.files} if context.fix is not None else dict(parent)
         editable = self._editable(context)
         messages = [{"role": "user", "content": build_prompt(context)}]
-        description = ""
+        description, rejected = "", []
         for attempt in range(MAX_EDIT_RETRIES + 1):
             try:
                 reply = self._call(messages)
@@ -74,9 +74,7 @@ class LLMAgent:
                 return self._give_up("the model replied with no edits" if attempt == 0 else
                                      "the model sent no corrected edits", quiet=attempt == 0)
             current, errors = apply_edits(current, parsed, editable, allow_applied=attempt > 0)
-            for error in errors:
-                if error.kind == "locked":
-                    log.warning("%s agent: %s", self.name, error)
+            rejected += [e for e in errors if e.kind == "locked"]
             retryable = [e for e in errors if e.kind in RETRYABLE]
             if not retryable:
                 break
@@ -87,7 +85,7 @@ class LLMAgent:
                          {"role": "user", "content": describe_errors(errors, applied)}]
         changed = {path: text for path, text in current.items() if parent.get(path) != text}
         if not changed:
-            return self._give_up("no editable file changed")
+            return self._give_up("; ".join(map(str, rejected)) if rejected else "the edits changed nothing")
         return Proposal(description or self._fallback_description(context, changed), changed)
 
     def observe(self, result: Result) -> None:
@@ -129,7 +127,7 @@ class LLMAgent:
 
     @staticmethod
     def _editable(context: Context):
-        """A path may change if it is one of the editable files, or matches an editable glob and no locked file."""
+        """A path may change if it is not locked and is one of the editable files or matches an editable glob."""
         known = set(context.files) | (set(context.fix.files) if context.fix is not None else set())
 
         def editable(path: str) -> bool:
