@@ -92,7 +92,7 @@ def test_prepare_outside_a_workspace_is_a_one_line_error(tmp_path):
     "edit, fragment",
     [
         (lambda t: "surprise = 1\n" + t, "unknown key 'surprise'"),
-        (lambda t: t + "\nsurprise = 1\n", "unknown key 'agent.surprise'"),
+        (lambda t: t + "\nsurprise = 1\n", "unknown key 'agent.tune.DEVICE_BATCH_SIZE.surprise'"),
         (lambda t: t.replace('direction = "minimize"', 'direction = "down"'), "'metric.direction'"),
         (lambda t: t.replace("timeout_factor = 2.0", 'timeout_factor = "long"'), "'budget.timeout_factor'"),
         (lambda t: t.replace('run = "python train.py"', ""), "missing key 'commands.run'"),

@@ -60,7 +60,7 @@ class TuneSpace(_Strict):
 
 
 class AgentSettings(_Strict):
-    name: Literal["perturb", "tune", "openai", "anthropic", "command"] = "perturb"
+    name: Literal["tune", "openai", "anthropic", "command", "perturb"] = "tune"
     model: str | None = None  # openai / anthropic: the model name
     base_url: str | None = None  # openai: any OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, OpenRouter...)
     api_key_env: str | None = None  # the variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)
