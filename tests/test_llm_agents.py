@@ -396,3 +396,48 @@ def test_end_to_end_the_loop_keeps_the_models_edit(tmp_path):
     assert "STEPS = 200" in (root / "train.py").read_text()
     assert "Maximize the score." in text_of(fake.sent(0)[0])
     assert agent.spent.calls == 1
+    db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
+    spend = db.execute("SELECT input_tokens, output_tokens, llm_calls, cost_usd FROM experiments ORDER BY id").fetchall()
+    db.close()
+    assert spend[1][:3] == (1000, 200, 1) and spend[1][3] == pytest.approx(agent.spent.cost_usd) and spend[1][3] > 0
+
+
+def journal(root, columns):
+    db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
+    out = db.execute(f"SELECT {columns} FROM experiments ORDER BY id").fetchall()
+    db.close()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_end_to_end_a_crash_is_fixed_after_the_model_sees_the_log_tail(tmp_path, kind):
+    fake = FakeLLM(kind)
+    fake.script.append("DESCRIPTION: faster\ntrain.py\n<<<<<<< SEARCH\nSTEPS = 40\n=======\nSTEPS = 200\nbroken_name\n>>>>>>> REPLACE\n")
+    fake.script.append("DESCRIPTION: faster (fixed)\ntrain.py\n<<<<<<< SEARCH\nbroken_name\n=======\n>>>>>>> REPLACE\n")
+    try:
+        root = make_task(tmp_path / "ws")
+        cls = OpenAIAgent if kind == "openai" else AnthropicAgent
+        agent = cls(AgentSettings(name=kind, model="m", base_url=fake.base_url, api_key_env="FAKE_LLM_KEY", max_retries=0))
+        run_session(root, tag="t", agent=agent, max_experiments=2, echo=lambda *_: None)
+    finally:
+        fake.close()
+    assert journal(root, "description, status, attempt") == [("baseline", "keep", 0), ("faster", "crash", 0), ("faster (fixed)", "keep", 1)]
+    assert "NameError: name 'broken_name' is not defined" in text_of(fake.sent(1)[0])
+    assert "STEPS = 200" in (root / "train.py").read_text() and "broken_name" not in (root / "train.py").read_text()
+
+
+def test_end_to_end_the_cost_cap_stops_the_loop(tmp_path):
+    fake = FakeLLM("openai", usage=(100_000, 10_000))
+    for i in range(1, 6):
+        fake.script.append(f"DESCRIPTION: steps {40 + i}\ntrain.py\n<<<<<<< SEARCH\nSTEPS = {40 + i - 1}\n=======\nSTEPS = {40 + i}\n>>>>>>> REPLACE\n")
+    try:
+        root = make_task(tmp_path / "ws")
+        prices = {"priced-model": Price(input=10.0, output=20.0)}  # $1.00 + $0.20 = $1.20 a call
+        agent = OpenAIAgent(AgentSettings(name="openai", model="priced-model", base_url=fake.base_url, api_key_env="FAKE_LLM_KEY",
+                                          max_retries=0, prices=prices))
+        run_session(root, tag="t", agent=agent, max_experiments=5, max_cost=2.0, echo=lambda *_: None)
+    finally:
+        fake.close()
+    spend = journal(root, "cost_usd")
+    assert [round(c, 6) for (c,) in spend] == [0.0, 1.2, 1.2]  # the cap of $2 is reached after two calls
+    assert len(fake.requests) == 2
