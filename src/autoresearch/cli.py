@@ -37,6 +37,15 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_baseline(args) -> int:
+    from autoresearch.session import run_session
+    from autoresearch.status import render_status
+
+    ledger, maximize = run_session(Path(args.workspace), args.tag, "perturb", args.budget, args.seed, remeasure=True)
+    render_status(ledger, maximize)
+    return 0
+
+
 def cmd_status(args) -> int:
     from autoresearch.session import open_ledger
     from autoresearch.status import render_status
@@ -82,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-experiments", type=int, default=None, help="stop after N experiments (the baseline not counted)")
     p.add_argument("--max-hours", type=float, default=None, help="start no experiment after H hours")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("baseline", help="re-run the best commit once per seed with fresh seeds: refreshes the best mean and σ")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--budget", type=float, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("status", help="the experiments as a table: best so far, keep rate, experiments per hour, time split")
     p.add_argument("--workspace", default=".")

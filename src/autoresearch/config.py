@@ -36,6 +36,7 @@ class Budget(_Strict):
     seconds: Literal["auto"] | float = "auto"
     timeout_factor: float = Field(2.0, ge=1.0)
     grace_seconds: float = Field(120.0, ge=0.0)
+    startup_allowance_seconds: float = Field(90.0, ge=0.0)  # a run longer than seconds + this is invalid
 
     def resolve_seconds(self, cuda: bool) -> float:
         """Training seconds per experiment: the configured number, or 300 on CUDA and 60 elsewhere."""
@@ -57,6 +58,19 @@ class TuneSpace(_Strict):
     log: bool | None = None
     choices: list[float] | None = None
     fixed: bool = False  # never change this constant
+
+
+class DecideSettings(_Strict):
+    seeds: Literal["auto"] | int = "auto"  # runs per measurement: the baseline, and a candidate's confirmation
+    threshold_sigmas: float = Field(2.0, ge=0.0)  # keep only a gain larger than this many σ of the noise
+
+    def resolve_seeds(self, cuda: bool) -> int:
+        """Runs per measurement: the configured number, or 3 on CUDA and 2 elsewhere."""
+        if self.seeds == "auto":
+            return 3 if cuda else 2
+        if self.seeds < 1:
+            raise ValueError("decide.seeds must be at least 1")
+        return self.seeds
 
 
 class AgentSettings(_Strict):
@@ -81,6 +95,7 @@ class Config(_Strict):
     metric: Metric
     budget: Budget = Budget()
     agent: AgentSettings = AgentSettings()
+    decide: DecideSettings = DecideSettings()
 
 
 def _first_error(exc: ValidationError) -> str:

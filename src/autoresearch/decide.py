@@ -16,6 +16,24 @@ class Decider(Protocol):
     def decide(self, candidate: float, best: float, maximize: bool) -> Decision: ...
 
 
+class NoiseAware:
+    """Keep only a gain beyond the noise: better than the best by more than k·σ, σ measured between seeds.
+
+    Used twice per candidate: on its first run (a screen), then on the mean over fresh seeds (the decision).
+    With σ = 0 (a deterministic task) it is Karpathy's rule: strictly better.
+    """
+
+    def __init__(self, k: float = 2.0):
+        self.k = k
+
+    def decide(self, candidate: float, best: float, maximize: bool, sigma: float = 0.0) -> Decision:
+        gain = candidate - best if maximize else best - candidate
+        margin = self.k * sigma
+        if gain > margin:
+            return Decision(True, f"{candidate:.6f} beats the best {best:.6f} by {gain:.6f} > {self.k:g}σ = {margin:.6f}")
+        return Decision(False, f"{candidate:.6f} vs the best {best:.6f}: gain {gain:.6f} is within {self.k:g}σ = {margin:.6f}")
+
+
 class StrictlyBetter:
     """Karpathy's rule: keep only a candidate strictly better than the best (no noise model yet)."""
 

@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS experiments (
     input_tokens INTEGER NOT NULL DEFAULT 0,    -- what the agent spent since the previous row
     output_tokens INTEGER NOT NULL DEFAULT 0,
     llm_calls INTEGER NOT NULL DEFAULT 0,
-    cost_usd REAL NOT NULL DEFAULT 0            -- estimated, from the price table
+    cost_usd REAL NOT NULL DEFAULT 0,           -- estimated, from the price table
+    values_json TEXT NOT NULL DEFAULT '[]',     -- the metric of each run (seed) of this experiment
+    seeds_json TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS by_branch ON experiments(branch, id);
 """
@@ -78,6 +80,12 @@ class Row:
     output_tokens: int
     llm_calls: int
     cost_usd: float
+    values_json: str
+    seeds_json: str
+
+    @property
+    def values(self) -> list[float]:
+        return json.loads(self.values_json)
 
     @property
     def summary(self) -> dict:
@@ -128,7 +136,7 @@ class Ledger:
         self.db.execute("UPDATE experiments SET pid = ?, log_path = ? WHERE id = ?", (pid, log_path, row_id))
 
     def finish(self, row_id: int, status: str, reason: str = "", metric: float | None = None, summary: dict | None = None,
-               wall_seconds: float | None = None, log_tail: str = "") -> None:
+               wall_seconds: float | None = None, log_tail: str = "", values: list[float] = (), seeds: list[int] = ()) -> None:
         """Record an experiment's end in one transaction, then rewrite results.tsv from the journal."""
         assert status in STATUSES, status
         summary = summary or {}
@@ -138,8 +146,9 @@ class Ledger:
         started = self.db.execute("SELECT started_at FROM experiments WHERE id = ?", (row_id,)).fetchone()[0]
         self.db.execute(
             "UPDATE experiments SET state = 'done', status = ?, reason = ?, metric = ?, memory_gb = ?, summary_json = ?,"
-            " wall_seconds = ?, log_tail = ?, ended_at = ?, experiment_seconds = ? WHERE id = ?",
-            (status, reason, metric, memory_gb, json.dumps(summary, default=str), wall_seconds, log_tail, now, now - started, row_id))
+            " wall_seconds = ?, log_tail = ?, ended_at = ?, experiment_seconds = ?, values_json = ?, seeds_json = ? WHERE id = ?",
+            (status, reason, metric, memory_gb, json.dumps(summary, default=str), wall_seconds, log_tail, now, now - started,
+             json.dumps(list(values)), json.dumps(list(seeds)), row_id))
         self.write_results_tsv()
 
     def interrupted(self) -> list[Row]:
@@ -150,6 +159,17 @@ class Ledger:
         if not kept:
             return None
         return kept[-1]  # each keep beat the one before it, so the latest keep is the best
+
+    def noise_sigma(self) -> float | None:
+        """σ of the metric between seeds, pooled over every experiment measured more than once; None if none was."""
+        pooled, dof = 0.0, 0
+        for r in self.rows():
+            values = r.values
+            if r.state == "done" and len(values) > 1:
+                mean = sum(values) / len(values)
+                pooled += sum((v - mean) ** 2 for v in values)
+                dof += len(values) - 1
+        return math.sqrt(pooled / dof) if dof else None
 
     def measured_hashes(self) -> set[str]:
         return {r.editable_hash for r in self.rows() if r.editable_hash and r.state == "done" and r.status != "invalid"}

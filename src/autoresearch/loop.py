@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 from autoresearch import UsageError
@@ -31,6 +32,8 @@ class Settings:
     max_experiments: int | None = None
     max_hours: float | None = None
     max_cost: float | None = None  # dollars of estimated agent spend on this branch
+    seeds: int = 1  # runs per measurement (baseline; a candidate that passes its first run)
+    startup_allowance: float = 90.0  # a run longer than budget + this is invalid
     history_limit: int = 50  # recent discarded or crashed ideas shown to the agent
 
 
@@ -122,46 +125,86 @@ class Loop:
         ws.reset_hard(sha if result.status == "keep" else parent)
         return result
 
-    def baseline(self) -> None:
+    def remeasure(self) -> None:
+        """`autoresearch baseline`: run the best commit again once per seed, with fresh seeds; refreshes the best
+        mean and adds to the noise floor."""
+        self.recover()
+        try:
+            self.baseline("baseline (re-measured)", seed_offset=1000 * len(self.ledger.rows()))
+        finally:
+            self.recover()
+
+    def baseline(self, description: str = "baseline", seed_offset: int = 0) -> None:
+        """Run the starting commit once per seed: its mean is the first best, its spread the first noise floor."""
         head = self.ws.head()
-        row = self.ledger.start(head, head, "baseline", "baseline", "", self.ws.editable_hash(), self.s.seed)
-        result = self.measure(row, "baseline", None)
+        row = self._start(head, head, description, "baseline", "", self.ws.editable_hash(), self.s.seed + seed_offset)
+        result = self.measure(row, description, None, seed_offset)
         self.ws.reset_hard(head)
         if result.status != "keep":
             raise UsageError(f"the baseline run ended '{result.status}' ({result.reason}); fix it first, see {result.extra.get('log')}")
 
-    def measure(self, row: int, description: str, best) -> Result:
-        """Run the committed candidate, classify the outcome, decide, and record it."""
-        log = self.ws.root / STATE_DIR / "runs" / str(row) / "run.log"
-        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.s.budget_seconds:g}", "AUTORESEARCH_SEED": str(self.s.seed)}
+    def run_once(self, row: int, seed: int, log: Path):
+        """One run with one seed: (failure status or None, reason, metric, outcome)."""
+        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.s.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed)}
         out = self.executor.run(self.ws.root, self.s.run_command, env, self.s.limit_seconds, log,
                                 on_start=lambda pid: self.ledger.set_run(row, pid, str(log)))
         if out.interrupted:
             raise KeyboardInterrupt
         metric = out.summary.get(self.s.metric)
         changed_locked = self.ws.modified_locked()
+        over = self.s.budget_seconds + self.s.startup_allowance
         if changed_locked or self.ws.locked_hash() != self.locked_hash:
-            status, reason = "invalid", f"locked file changed during the run: {', '.join(changed_locked) or 'content hash'}"
-        elif out.timed_out:
-            status, reason = "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.s.limit_seconds:.0f}s)"
-        elif out.returncode != 0:
-            status, reason = "crash", f"exit code {out.returncode}"
-        elif not isinstance(metric, float):
-            status, reason = "crash", f"no '{self.s.metric}' in the summary block"
-        elif not math.isfinite(metric):
-            status, reason = "crash", f"{self.s.metric} is {metric}"
-        elif best is None:
-            status, reason = "keep", "baseline"
-        else:
-            decision = self.decider.decide(metric, best.metric, self.s.maximize)
-            status, reason = ("keep" if decision.keep else "discard"), decision.reason
+            return "invalid", f"locked file changed during the run: {', '.join(changed_locked) or 'content hash'}", None, out
+        if out.timed_out:
+            return "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.s.limit_seconds:.0f}s)", None, out
+        if out.wall_seconds > over:
+            return "invalid", (f"ran {out.wall_seconds:.0f}s, over the budget of {self.s.budget_seconds:g}s plus "
+                               f"{self.s.startup_allowance:g}s of start-up allowance"), None, out
+        if out.returncode != 0:
+            return "crash", f"exit code {out.returncode}", None, out
+        if not isinstance(metric, float):
+            return "crash", f"no '{self.s.metric}' in the summary block", None, out
+        if not math.isfinite(metric):
+            return "crash", f"{self.s.metric} is {metric}", None, out
+        return None, "", metric, out
+
+    def measure(self, row: int, description: str, best, seed_offset: int = 0) -> Result:
+        """Run the committed candidate: a first run, then (for the baseline, or a candidate that passes the screen)
+        more runs with fresh seeds; decide on the mean against the noise, and record it."""
+        run_dir = self.ws.root / STATE_DIR / "runs" / str(row)
+        seeds = [self.s.seed + seed_offset + i for i in range(self.s.seeds)]
+        sigma = self.ledger.noise_sigma() or 0.0
+        values, wall, first = [], 0.0, None
+        status, reason = None, ""
+        for i, seed in enumerate(seeds):
+            failure, why, metric, out = self.run_once(row, seed, run_dir / ("run.log" if i == 0 else f"run-seed{seed}.log"))
+            first = first or out
+            wall += out.wall_seconds
+            if failure:
+                status, reason = failure, why if i == 0 else f"run with seed {seed}: {why}"
+                break
+            values.append(metric)
+            if i == 0 and best is not None:
+                screen = self.decider.decide(metric, best.metric, self.s.maximize, sigma)
+                if not screen.keep:
+                    status, reason = "discard", screen.reason
+                    break
+        mean = sum(values) / len(values) if values else None
+        if status is None and len(values) > 1 and len(set(values)) == 1 and sigma > 0:
+            status, reason = "invalid", f"{len(values)} runs with different AUTORESEARCH_SEED gave identical results: the seed is ignored"
+        elif status is None and best is None:
+            status, reason = "keep", "baseline" + (f" over {len(values)} seeds" if len(values) > 1 else "")
+        elif status is None:
+            decision = self.decider.decide(mean, best.metric, self.s.maximize, sigma)
+            status, reason = ("keep" if decision.keep else "discard"), f"mean of {len(values)} seeds: {decision.reason}"
         ok = status in ("keep", "discard")
-        self.ledger.finish(row, status, reason, metric if ok else None, out.summary, out.wall_seconds,
-                           "" if status == "keep" else out.log_tail)  # every non-keep carries its log tail
+        metric = mean if ok else None
+        self.ledger.finish(row, status, reason, metric, first.summary, wall, "" if status == "keep" else out.log_tail,
+                           values, seeds[:len(values)])  # every non-keep carries its log tail
         shown = f"{metric:.6f}" if ok else "-"
-        self.echo(f"  {status:<9} {shown:>10}  {description}" + ("" if ok else f"  ({reason})"))
-        return Result(description, status, metric if ok else None, reason,
-                      {"ran": True, "log_tail": out.log_tail, "log": str(log), "summary": out.summary})
+        self.echo(f"  {status:<9} {shown:>10}  {description}" + ("" if status == "keep" and best is not None else f"  ({reason})"))
+        return Result(description, status, metric, reason,
+                      {"ran": True, "log_tail": out.log_tail, "log": str(run_dir / "run.log"), "summary": first.summary, "values": values})
 
     def recover(self) -> None:
         """Close rows cut off by a kill or Ctrl-C as crash (interrupted), stop their runs, return to the best commit."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from autoresearch import UsageError
 from autoresearch.agents import make_agent
 from autoresearch.config import load_config
-from autoresearch.decide import StrictlyBetter
+from autoresearch.decide import NoiseAware
 from autoresearch.device import detect_device
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR, Ledger
@@ -48,7 +48,8 @@ def prepare_branch(ws: Workspace, tag: str) -> str:
 
 def run_session(root: Path, tag: str | None = None, agent_name: str | None = None, budget: float | None = None,
                 seed: int = 42, max_experiments: int | None = None, max_hours: float | None = None,
-                echo=print, agent=None, max_cost: float | None = None, agent_overrides: dict | None = None) -> tuple[Ledger, bool]:
+                echo=print, agent=None, max_cost: float | None = None, agent_overrides: dict | None = None,
+                remeasure: bool = False) -> tuple[Ledger, bool]:
     """Run the loop on autoresearch/<tag>; returns the ledger and whether the metric is maximized.
 
     `agent`, if given, is any object with the Agent protocol; else one is made from `agent_name` or the config,
@@ -67,11 +68,16 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         run_command=config.commands.run, program=(root / config.program).read_text(encoding="utf-8"),
         metric=config.metric.name, maximize=config.metric.direction == "maximize", budget_seconds=seconds,
         limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds, seed=seed, device=device,
-        max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit)
+        max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit,
+        seeds=config.decide.resolve_seeds(device == "cuda"), startup_allowance=config.budget.startup_allowance_seconds)
     ledger = Ledger(root, branch, config.metric.name)
     echo(f"Branch {branch} | agent {agent.name} | {device} | budget {seconds:g}s, killed at {settings.limit_seconds:g}s | "
-         f"{settings.metric} ({config.metric.direction})")
-    Loop(ws, ledger, agent, LocalExecutor(), StrictlyBetter(), settings, echo).run()
+         f"{settings.metric} ({config.metric.direction}) | {settings.seeds} seed(s), keep beyond {config.decide.threshold_sigmas:g}σ")
+    loop = Loop(ws, ledger, agent, LocalExecutor(), NoiseAware(config.decide.threshold_sigmas), settings, echo)
+    if remeasure:
+        loop.remeasure()
+    else:
+        loop.run()
     return ledger, settings.maximize
 
 

@@ -51,6 +51,10 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
     best = ledger.best(maximize)
     s = stats(rows)
     console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet"))
+    sigma = ledger.noise_sigma()
+    console.print("Noise between seeds: " + (f"σ = {sigma:.6f}, pooled over every experiment run with several seeds" if sigma is not None
+                                              else "not measured (one seed per experiment)"))
+    console.print("The metric is self-reported: it is the number the run prints (no separate evaluator yet).")
     console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
                   f"{s['per_hour']:.1f} per hour")
     calls = sum(r.llm_calls for r in rows)
