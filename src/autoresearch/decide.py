@@ -31,7 +31,7 @@ class NoiseAware:
         margin = self.k * sigma
         if gain > margin:
             return Decision(True, f"{candidate:.6f} beats the best {best:.6f} by {gain:.6f} > {self.k:g}σ = {margin:.6f}")
-        return Decision(False, f"{candidate:.6f} vs the best {best:.6f}: gain {gain:.6f} is within {self.k:g}σ = {margin:.6f}")
+        return Decision(False, f"{candidate:.6f} vs the best {best:.6f}: gain {gain:+.6f} is not above {self.k:g}σ = {margin:.6f}")
 
 
 class StrictlyBetter:

@@ -38,14 +38,16 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
         console.print(f"No experiments on {ledger.branch} yet.")
         return
     table = Table(title=f"{ledger.branch}: {ledger.metric_name} ({'higher' if maximize else 'lower'} is better)")
-    for column in ("#", "commit", ledger.metric_name, "mem GB", "status", "description", "wall s", "cost $", "reason"):
+    paid = any(r.llm_calls for r in rows)
+    columns = ("#", "commit", ledger.metric_name, "mem GB", "status", "description", "wall s") + (("cost $",) if paid else ()) + ("reason",)
+    for column in columns:
         table.add_column(column, justify="right" if column in ("#", ledger.metric_name, "mem GB", "wall s", "cost $") else "left")
     for r in rows:
         status = r.status or r.state
         table.add_row(str(r.id), (r.commit_sha or "-")[:7], f"{r.metric:.6f}" if r.metric is not None else "-",
                       f"{r.memory_gb:.1f}" if r.memory_gb is not None else "-", f"[{STYLES.get(status, '')}]{status}[/]",
                       r.description, f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
-                      f"{r.cost_usd:.4f}" if r.llm_calls else "-",
+                      *((f"{r.cost_usd:.4f}" if r.llm_calls else "-",) if paid else ()),
                       r.reason if status not in ("keep", "discard") else "")
     console.print(table)
     best = ledger.best(maximize)
