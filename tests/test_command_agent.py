@@ -1,7 +1,6 @@
 """The command agent with real git repos and real subprocesses: small shell scripts stand in for the coding CLI."""
 
 import sqlite3
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,62 +14,14 @@ from autoresearch.agents.base import Context, CrashToFix
 from autoresearch.agents.command import CommandAgent, describe
 from autoresearch.config import AgentSettings
 from autoresearch.session import run_session
+import tasks
+from tasks import NUMPY_TASK, git
 
 TRAIN = "LR = 0.1\nSTEPS = 40\nprint('---')\nprint('score: 1.0')\n"
 PROGRAM = "Maximize the score. (program marker 7f3a)\n"
 
-NUMPY_TASK = textwrap.dedent('''\
-    import os
-
-    import numpy as np
-
-    LR = 0.1
-    STEPS = 40
-
-    rng = np.random.default_rng(0)  # fixed data: deterministic, so any real gain is beyond the noise
-    x = rng.normal(size=(64, 3))
-    y = x @ np.array([1.0, -2.0, 0.5])
-    w = np.zeros(3)
-    for _ in range(STEPS):
-        w -= LR * 2 * x.T @ (x @ w - y) / len(x)
-    print("---")
-    print(f"score: {-float(np.mean((x @ w - y) ** 2)):.6f}")
-''')
-
-CONFIG = textwrap.dedent('''\
-    program = "program.md"
-    editable = ["train.py"]
-    locked = ["prepare.py", "program.md", "autoresearch.toml"]
-
-    [commands]
-    run = "python train.py"
-
-    [metric]
-    name = "score"
-    direction = "maximize"
-
-    [budget]
-    seconds = 1
-    timeout_factor = 2.0
-    grace_seconds = 30.0
-''')
-
-
-def git(cwd, *args):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-
-
 def make_task(root: Path, train: str = TRAIN) -> Path:
-    root.mkdir(parents=True)
-    (root / "train.py").write_text(train)
-    (root / "prepare.py").write_text("# locked: the data would be made here\nDATA = 1\n")
-    (root / "program.md").write_text(PROGRAM)
-    (root / "autoresearch.toml").write_text(CONFIG)
-    (root / ".gitignore").write_text("results.tsv\n.autoresearch/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "task")
-    return root
+    return tasks.make_task(root, train, program=PROGRAM)
 
 
 def script(tmp_path: Path, body: str, name: str = "cli.sh") -> Path:

@@ -3,14 +3,14 @@ a seed-only change is noise, and a run over its budget is invalid."""
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import textwrap
 
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.session import run_session
-from test_loop import make_task
+from tasks import journal_rows as rows
+from tasks import make_task
 
 NOISE_TASK = textwrap.dedent('''\
     """The score is a constant plus noise that depends only on the seed and SALT: no change can really help."""
@@ -51,19 +51,7 @@ class Salts:
 
 
 def noise_task(tmp_path, **kw):
-    root = make_task(tmp_path / "ws", train=NOISE_TASK, **kw)
-    with open(root / "autoresearch.toml", "a") as f:
-        f.write(DECIDE)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "three seeds"], cwd=root, check=True)
-    return root
-
-
-def rows(root):
-    db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
-    db.row_factory = sqlite3.Row
-    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
-    db.close()
-    return out
+    return make_task(tmp_path / "ws", train=NOISE_TASK, extra_config=DECIDE, **kw)
 
 
 def test_pure_noise_keeps_no_more_than_the_rule_allows(tmp_path):
@@ -99,10 +87,7 @@ def test_a_seed_only_change_comes_out_as_noise(tmp_path):
 
 
 def test_a_run_over_its_budget_is_invalid_whatever_it_prints(tmp_path):
-    root = make_task(tmp_path / "ws", factor=10.0)
-    with open(root / "autoresearch.toml", "a") as f:
-        f.write("startup_allowance_seconds = 0.5\n")  # appended to the [budget] table
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tight"], cwd=root, check=True)
+    root = make_task(tmp_path / "ws", factor=10.0, extra_config="startup_allowance_seconds = 0.5\n")  # in [budget]
     overrun = lambda c: Proposal("train longer", {"train.py": "import time\ntime.sleep(2.5)\n" + c.files["train.py"].replace("LR = 0.1", "LR = 0.3")})
     run_session(root, tag="t", agent=Salts(0, [overrun]), max_experiments=1, echo=lambda *_: None)
     record = rows(root)[1]

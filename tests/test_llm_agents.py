@@ -6,14 +6,12 @@ or delays, and which records every request body so the tests can check what the 
 
 import json
 import sqlite3
-import subprocess
 import textwrap
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -24,6 +22,7 @@ from autoresearch.agents.llm import AnthropicAgent, OpenAIAgent
 from autoresearch.agents.pricing import cost, price_of
 from autoresearch.config import AgentSettings, Price
 from autoresearch.session import run_session
+from tasks import make_task
 
 TRAIN = textwrap.dedent("""\
     import numpy as np
@@ -326,57 +325,6 @@ def test_price_table_longest_prefix_and_unknown_models():
 
 
 # --- end to end: the real loop, a real git workspace, the OpenAI agent on the local server ------------------------
-
-NUMPY_TASK = textwrap.dedent('''\
-    import numpy as np
-
-    LR = 0.1
-    STEPS = 40
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 3))
-    y = x @ np.array([1.0, -2.0, 0.5])
-    w = np.zeros(3)
-    for _ in range(STEPS):
-        w -= LR * 2 * x.T @ (x @ w - y) / len(x)
-    print("---")
-    print(f"score: {-float(np.mean((x @ w - y) ** 2)):.6f}")
-''')
-
-CONFIG = textwrap.dedent('''\
-    program = "program.md"
-    editable = ["train.py"]
-    locked = ["prepare.py", "program.md", "autoresearch.toml"]
-
-    [commands]
-    run = "python train.py"
-
-    [metric]
-    name = "score"
-    direction = "maximize"
-
-    [budget]
-    seconds = 1
-    grace_seconds = 30
-''')
-
-
-def git(cwd, *args):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def make_task(root: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "train.py").write_text(NUMPY_TASK)
-    (root / "prepare.py").write_text("DATA = 1\n")
-    (root / "program.md").write_text("Maximize the score.\n")
-    (root / "autoresearch.toml").write_text(CONFIG)
-    (root / ".gitignore").write_text("results.tsv\n.autoresearch/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "task")
-    return root
-
 
 def test_end_to_end_the_loop_keeps_the_models_edit(tmp_path):
     fake = FakeLLM("openai")

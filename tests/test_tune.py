@@ -4,7 +4,6 @@ import ast
 import math
 import re
 import sqlite3
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from autoresearch.agents.tune import (TuneAgent, compact, default_distribution, 
                                       rewrite)
 from autoresearch.config import AgentSettings, TuneSpace
 from autoresearch.session import run_session
+from tasks import NUMPY_TASK, make_task
 
 TEMPLATE_TRAIN = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt" / "train.py"
 
@@ -357,65 +357,6 @@ def test_tpe_beats_random_search_on_the_toy_over_seeds():
 # ---------------------------------------------------------------------------
 # End to end through the real loop
 # ---------------------------------------------------------------------------
-
-NUMPY_TASK = textwrap.dedent('''\
-    """Least squares by gradient descent: the score is minus the final mean squared error."""
-    import os
-
-    import numpy as np
-
-    LR = 0.1  # step size
-    STEPS = 40
-
-    rng = np.random.default_rng(0)  # fixed data: deterministic, so any real gain is beyond the noise
-    x = rng.normal(size=(64, 3))
-    y = x @ np.array([1.0, -2.0, 0.5])
-    w = np.zeros(3)
-    for _ in range(STEPS):
-        w -= LR * 2 * x.T @ (x @ w - y) / len(x)
-    score = -float(np.mean((x @ w - y) ** 2))
-    print("---")
-    print(f"score: {score:.6f}")
-''')
-
-CONFIG = textwrap.dedent('''\
-    program = "program.md"
-    editable = ["train.py"]
-    locked = ["prepare.py", "program.md", "autoresearch.toml"]
-
-    [commands]
-    run = "python train.py"
-
-    [metric]
-    name = "score"
-    direction = "maximize"
-
-    [budget]
-    seconds = 1
-    timeout_factor = 2.0
-    grace_seconds = 30
-
-    [agent]
-    name = "tune"
-''')
-
-
-def git(cwd, *args):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def make_task(root: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "train.py").write_text(NUMPY_TASK)
-    (root / "prepare.py").write_text("# locked\nDATA = 1\n")
-    (root / "program.md").write_text("Maximize the score.\n")
-    (root / "autoresearch.toml").write_text(CONFIG)
-    (root / ".gitignore").write_text("results.tsv\n.autoresearch/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "task")
-    return root
-
 
 def test_end_to_end_through_the_loop(tmp_path):
     root = make_task(tmp_path / "ws")
