@@ -104,3 +104,14 @@ def test_the_baseline_command_remeasures_the_best_with_fresh_seeds_and_status_sh
     assert again["description"] == "baseline (re-measured)" and again["status"] == "keep"
     assert len(set(json.loads(again["seeds_json"])) & set(json.loads(records[0]["seeds_json"]))) == 0  # fresh seeds
     assert "Noise between seeds: σ = " in result.stdout and "self-reported" in result.stdout
+
+
+def test_status_counts_the_training_time_of_every_seed(tmp_path):
+    from autoresearch.ledger import Ledger
+    from autoresearch.status import stats
+
+    task = NOISE_TASK.replace('print("---")', 'print("---")\nprint("training_seconds: 0.5")')
+    root = make_task(tmp_path / "ws", train=task, extra_config=DECIDE)
+    run_session(root, tag="t", agent=Salts(0), max_experiments=1, echo=lambda *_: None)
+    ledger = Ledger(root, "autoresearch/t", "score")
+    assert stats(ledger.rows())["training_seconds"] == 1.5  # the baseline's three runs

@@ -174,12 +174,14 @@ class Loop:
         run_dir = self.ws.root / STATE_DIR / "runs" / str(row)
         seeds = [self.s.seed + seed_offset + i for i in range(self.s.seeds)]
         sigma = self.ledger.noise_sigma() or 0.0
-        values, wall, first = [], 0.0, None
+        values, wall, training, first = [], 0.0, 0.0, None
         status, reason = None, ""
         for i, seed in enumerate(seeds):
             failure, why, metric, out = self.run_once(row, seed, run_dir / ("run.log" if i == 0 else f"run-seed{seed}.log"))
             first = first or out
             wall += out.wall_seconds
+            seconds = out.summary.get("training_seconds")
+            training += seconds if isinstance(seconds, float) and math.isfinite(seconds) else 0.0
             if failure:
                 status, reason = failure, why if i == 0 else f"run with seed {seed}: {why}"
                 break
@@ -199,7 +201,8 @@ class Loop:
             status, reason = ("keep" if decision.keep else "discard"), f"mean of {len(values)} seeds: {decision.reason}"
         ok = status in ("keep", "discard")
         metric = mean if ok else None
-        self.ledger.finish(row, status, reason, metric, first.summary, wall, "" if status == "keep" else out.log_tail,
+        summary = {**first.summary, "all_runs_training_seconds": training}  # the first run's block, plus the total
+        self.ledger.finish(row, status, reason, metric, summary, wall, "" if status == "keep" else out.log_tail,
                            values, seeds[:len(values)])  # every non-keep carries its log tail
         shown = f"{metric:.6f}" if ok else "-"
         self.echo(f"  {status:<9} {shown:>10}  {description}" + ("" if status == "keep" and best is not None else f"  ({reason})"))

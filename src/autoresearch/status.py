@@ -13,7 +13,7 @@ STYLES = {"keep": "bold green", "discard": "dim", "crash": "red", "timeout": "re
 def stats(rows) -> dict:
     done = [r for r in rows if r.state == "done"]
     ran = [r for r in done if r.wall_seconds is not None]
-    training = sum(float(r.summary.get("training_seconds", 0) or 0) for r in ran)
+    training = sum(float(r.summary.get("all_runs_training_seconds", r.summary.get("training_seconds", 0)) or 0) for r in ran)
     wall = sum(r.wall_seconds for r in ran)
     agent = sum(r.propose_seconds or 0 for r in done)
     total = sum(r.experiment_seconds or 0 for r in done)
