@@ -10,7 +10,7 @@ import textwrap
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.session import run_session
 from tasks import journal_rows as rows
-from tasks import make_task
+from tasks import NUMPY_TASK, make_task
 
 NOISE_TASK = textwrap.dedent('''\
     """The score is a constant plus noise that depends only on the seed and SALT: no change can really help."""
@@ -115,3 +115,68 @@ def test_status_counts_the_training_time_of_every_seed(tmp_path):
     run_session(root, tag="t", agent=Salts(0), max_experiments=1, echo=lambda *_: None)
     ledger = Ledger(root, "autoresearch/t", "score")
     assert stats(ledger.rows())["training_seconds"] == 1.5  # the baseline's three runs
+
+
+def test_a_simplification_that_holds_the_metric_is_kept_and_bloat_must_pay_for_its_lines(tmp_path):
+    task = NUMPY_TASK.replace("STEPS = 40\n", "STEPS = 40\nUNUSED_A = 1\nUNUSED_B = 2\n")
+    root = make_task(tmp_path / "ws", train=task, extra_config="\n[decide]\ncost_per_added_line = 0.001\n")
+    simpler = lambda c: Proposal("drop two unused constants", {"train.py": c.files["train.py"].replace("UNUSED_A = 1\nUNUSED_B = 2\n", "")})
+    bloat = "".join(f"dead_{i} = {i}\n" for i in range(40))
+    bloated = lambda c: Proposal("tiny gain, much code", {"train.py": c.files["train.py"].replace("STEPS = 40", "STEPS = 41") + bloat})
+    run_session(root, tag="t", agent=Salts(0, [simpler, bloated]), max_experiments=2, echo=lambda *_: None)
+    records = rows(root)
+    assert records[1]["status"] == "keep" and records[1]["reason"].startswith("mean of 2 seeds: simplification: -2 lines")
+    assert records[2]["status"] == "discard" and "40 added lines" in records[2]["reason"]
+    assert records[2]["metric"] > records[1]["metric"]  # it was better, just not by enough for 40 lines
+
+
+EVAL_TASK = textwrap.dedent('''\
+    """Fits w, saves it as the artifact, and prints a made-up score: the harness must not believe it."""
+    import os
+
+    import numpy as np
+
+    LR = 0.1
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    w = np.zeros(3)
+    for _ in range(40):
+        w -= LR * 2 * x.T @ (x @ w - y) / len(x)
+    np.save(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "w.npy"), w)
+    print("---")
+    print("score: 999.0")
+''')
+
+EVALUATOR = textwrap.dedent('''\
+    """The locked evaluator: scores the saved weights on held-out data the training script never saw."""
+    import os
+
+    import numpy as np
+
+    w = np.load(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "w.npy"))
+    x = np.random.default_rng(1).normal(size=(256, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    print("---")
+    print(f"score: {-float(np.mean((x @ w - y) ** 2)):.6f}")
+''')
+
+
+def test_with_an_evaluator_the_metric_is_never_what_the_run_prints(tmp_path):
+    root = make_task(tmp_path / "ws", train=EVAL_TASK, extra_config="")
+    (root / "evaluate.py").write_text(EVALUATOR)
+    toml = (root / "autoresearch.toml").read_text()
+    toml = toml.replace('run = "python train.py"', 'run = "python train.py"\nevaluate = "python evaluate.py"')
+    toml = toml.replace('locked = ["prepare.py",', 'locked = ["evaluate.py", "prepare.py",')
+    (root / "autoresearch.toml").write_text(toml)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "evaluator"], cwd=root, check=True)
+    better = lambda c: Proposal("larger step", {"train.py": c.files["train.py"].replace("LR = 0.1", "LR = 0.3")})
+    broken = lambda c: Proposal("forget to save", {"train.py": c.files["train.py"].replace("np.save(", "print(")})
+    run_session(root, tag="t", agent=Salts(0, [better, broken]), max_experiments=2, echo=lambda *_: None)
+    records = rows(root)
+    assert all(r["metric"] is None or r["metric"] <= 0 for r in records)  # never the printed 999
+    assert [r["status"] for r in records] == ["keep", "keep", "crash"]
+    assert records[2]["reason"].startswith("the evaluator failed (exit code 1)")
+    status = subprocess.run([sys.executable, "-m", "autoresearch", "status"], cwd=root, capture_output=True, text=True)
+    assert "locked evaluator `python evaluate.py`" in status.stdout

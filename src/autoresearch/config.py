@@ -25,6 +25,9 @@ class _Strict(BaseModel):
 class Commands(_Strict):
     setup: str = ""
     run: str = Field(min_length=1)
+    # A locked evaluator run in its own process after each training run, on the run's artifacts
+    # ($AUTORESEARCH_ARTIFACTS); when set, the metric is read from its output, never from the training run's.
+    evaluate: str = ""
 
 
 class Metric(_Strict):
@@ -63,6 +66,8 @@ class TuneSpace(_Strict):
 class DecideSettings(_Strict):
     seeds: Literal["auto"] | int = "auto"  # runs per measurement: the baseline, and a candidate's confirmation
     threshold_sigmas: float = Field(2.0, ge=0.0)  # keep only a gain larger than this many σ of the noise
+    cost_per_added_line: float = Field(0.0, ge=0.0)  # metric units a kept change must gain per net line it adds
+    keep_simplifications: bool = True  # keep a change that removes lines and holds the metric within noise
 
     def resolve_seeds(self, cuda: bool) -> int:
         """Runs per measurement: the configured number, or 3 on CUDA and 2 elsewhere."""

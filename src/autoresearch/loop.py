@@ -32,9 +32,18 @@ class Settings:
     max_experiments: int | None = None
     max_hours: float | None = None
     max_cost: float | None = None  # dollars of estimated agent spend on this branch
+    evaluate_command: str = ""  # a locked evaluator; when set, the metric is its output, not the run's
     seeds: int = 1  # runs per measurement (baseline; a candidate that passes its first run)
     startup_allowance: float = 90.0  # a run longer than budget + this is invalid
     history_limit: int = 50  # recent discarded or crashed ideas shown to the agent
+
+
+def net_added_lines(diff: str) -> int:
+    """Lines added minus lines removed in a unified diff."""
+    lines = diff.splitlines()
+    added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++"))
+    removed = sum(1 for line in lines if line.startswith("-") and not line.startswith("---"))
+    return added - removed
 
 
 class Loop:
@@ -119,9 +128,10 @@ class Loop:
             self.echo(f"  skipped   {proposal.description}: already measured")
             return Result(proposal.description, "duplicate", None, "this exact code was already measured")
         sha = ws.commit_editable(proposal.description)
-        row = self._start(parent, sha, proposal.description, self.agent.name, ws.diff(parent, sha), digest,
-                          self.s.seed, attempt, propose_seconds, started_at)
-        result = self.measure(row, proposal.description, best)
+        diff = ws.diff(parent, sha)
+        row = self._start(parent, sha, proposal.description, self.agent.name, diff, digest, self.s.seed, attempt,
+                          propose_seconds, started_at)
+        result = self.measure(row, proposal.description, best, net_lines=net_added_lines(diff))
         ws.reset_hard(sha if result.status == "keep" else parent)
         return result
 
@@ -144,13 +154,29 @@ class Loop:
             raise UsageError(f"the baseline run ended '{result.status}' ({result.reason}); fix it first, see {result.extra.get('log')}")
 
     def run_once(self, row: int, seed: int, log: Path):
-        """One run with one seed: (failure status or None, reason, metric, outcome)."""
-        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.s.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed)}
+        """One run with one seed: (failure status or None, reason, metric, outcome).
+
+        With an evaluate command, the metric comes from that locked evaluator, run in its own process on the
+        training run's artifacts, and never from what the training run printed.
+        """
+        artifacts = log.parent / f"artifacts-seed{seed}"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.s.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
+               "AUTORESEARCH_ARTIFACTS": str(artifacts)}
         out = self.executor.run(self.ws.root, self.s.run_command, env, self.s.limit_seconds, log,
                                 on_start=lambda pid: self.ledger.set_run(row, pid, str(log)))
         if out.interrupted:
             raise KeyboardInterrupt
         metric = out.summary.get(self.s.metric)
+        if self.s.evaluate_command and out.returncode == 0 and not out.timed_out:
+            evaluated = self.executor.run(self.ws.root, self.s.evaluate_command, env, self.s.limit_seconds,
+                                          log.with_name(log.stem + "-evaluate.log"))
+            if evaluated.interrupted:
+                raise KeyboardInterrupt
+            if evaluated.returncode != 0 or evaluated.timed_out:
+                return "crash", f"the evaluator failed ({'timed out' if evaluated.timed_out else f'exit code {evaluated.returncode}'}): " \
+                                f"{evaluated.log_tail.strip().splitlines()[-1] if evaluated.log_tail.strip() else 'no output'}", None, out
+            metric = evaluated.summary.get(self.s.metric)
         changed_locked = self.ws.modified_locked()
         over = self.s.budget_seconds + self.s.startup_allowance
         if changed_locked or self.ws.locked_hash() != self.locked_hash:
@@ -168,7 +194,7 @@ class Loop:
             return "crash", f"{self.s.metric} is {metric}", None, out
         return None, "", metric, out
 
-    def measure(self, row: int, description: str, best, seed_offset: int = 0) -> Result:
+    def measure(self, row: int, description: str, best, seed_offset: int = 0, net_lines: int = 0) -> Result:
         """Run the committed candidate: a first run, then (for the baseline, or a candidate that passes the screen)
         more runs with fresh seeds; decide on the mean against the noise, and record it."""
         run_dir = self.ws.root / STATE_DIR / "runs" / str(row)
@@ -187,7 +213,7 @@ class Loop:
                 break
             values.append(metric)
             if i == 0 and best is not None:
-                screen = self.decider.decide(metric, best.metric, self.s.maximize, sigma)
+                screen = self.decider.decide(metric, best.metric, self.s.maximize, sigma, net_lines)
                 if not screen.keep:
                     status, reason = "discard", screen.reason
                     break
@@ -197,7 +223,7 @@ class Loop:
         elif status is None and best is None:
             status, reason = "keep", "baseline" + (f" over {len(values)} seeds" if len(values) > 1 else "")
         elif status is None:
-            decision = self.decider.decide(mean, best.metric, self.s.maximize, sigma)
+            decision = self.decider.decide(mean, best.metric, self.s.maximize, sigma, net_lines)
             status, reason = ("keep" if decision.keep else "discard"), f"mean of {len(values)} seeds: {decision.reason}"
         ok = status in ("keep", "discard")
         metric = mean if ok else None

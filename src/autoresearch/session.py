@@ -69,11 +69,13 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         metric=config.metric.name, maximize=config.metric.direction == "maximize", budget_seconds=seconds,
         limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds, seed=seed, device=device,
         max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit,
-        seeds=config.decide.resolve_seeds(device == "cuda"), startup_allowance=config.budget.startup_allowance_seconds)
+        seeds=config.decide.resolve_seeds(device == "cuda"), startup_allowance=config.budget.startup_allowance_seconds,
+        evaluate_command=config.commands.evaluate)
     ledger = Ledger(root, branch, config.metric.name)
     echo(f"Branch {branch} | agent {agent.name} | {device} | budget {seconds:g}s, killed at {settings.limit_seconds:g}s | "
          f"{settings.metric} ({config.metric.direction}) | {settings.seeds} seed(s), keep beyond {config.decide.threshold_sigmas:g}σ")
-    loop = Loop(ws, ledger, agent, LocalExecutor(), NoiseAware(config.decide.threshold_sigmas), settings, echo)
+    decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
+    loop = Loop(ws, ledger, agent, LocalExecutor(), decider, settings, echo)
     if remeasure:
         loop.remeasure()
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from autoresearch.config import load_config
 from autoresearch.ledger import Ledger
 
 STYLES = {"keep": "bold green", "discard": "dim", "crash": "red", "timeout": "red", "invalid": "magenta"}
@@ -56,7 +57,9 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
     sigma = ledger.noise_sigma()
     console.print("Noise between seeds: " + (f"σ = {sigma:.6f}, pooled over every experiment run with several seeds" if sigma is not None
                                               else "not measured (one seed per experiment)"))
-    console.print("The metric is self-reported: it is the number the run prints (no separate evaluator yet).")
+    evaluator = load_config(ledger.root).commands.evaluate
+    console.print(f"The metric comes from the locked evaluator `{evaluator}`, run in its own process." if evaluator else
+                  "The metric is self-reported: it is the number the run prints (no `evaluate` command in autoresearch.toml).")
     console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
                   f"{s['per_hour']:.1f} per hour")
     calls = sum(r.llm_calls for r in rows)
