@@ -10,7 +10,7 @@ import pytest
 
 from autoresearch.summary import parse_summary
 
-TEMPLATE_FILES = {"prepare.py", "train.py", "program.md", "autoresearch.toml", ".gitignore"}
+TEMPLATE_FILES = {"prepare.py", "train.py", "evaluate.py", "program.md", "autoresearch.toml", ".gitignore"}
 
 
 def cli(*args, cwd=None, env=None, timeout=240):

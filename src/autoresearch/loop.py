@@ -176,6 +176,8 @@ class Loop:
             if evaluated.returncode != 0 or evaluated.timed_out:
                 return "crash", f"the evaluator failed ({'timed out' if evaluated.timed_out else f'exit code {evaluated.returncode}'}): " \
                                 f"{evaluated.log_tail.strip().splitlines()[-1] if evaluated.log_tail.strip() else 'no output'}", None, out
+            if isinstance(evaluated.summary.get("invalid"), str):
+                return "invalid", evaluated.summary["invalid"], None, out
             metric = evaluated.summary.get(self.s.metric)
         changed_locked = self.ws.modified_locked()
         over = self.s.budget_seconds + self.s.startup_allowance

@@ -48,6 +48,7 @@ EVAL_BATCH_SIZE = 32 if CUDA else 16
 WARMUP_STEPS_EXCLUDED = 2  # first steps (compile, allocator warm-up) not counted against the budget
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", DEFAULT_TIME_BUDGET))
 SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+ARTIFACTS = os.environ.get("AUTORESEARCH_ARTIFACTS")  # where the harness's evaluator looks for model.pt2
 
 
 # ---------------------------------------------------------------------------
@@ -266,6 +267,10 @@ total_tokens = step * TOTAL_BATCH_SIZE
 model.eval()
 with autocast:
     val_bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE, device=DEVICE)
+if ARTIFACTS:  # the locked evaluator scores this graph (no Python of this file in it) in its own process
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    example = torch.zeros((2, MAX_SEQ_LEN), dtype=torch.long, device=DEVICE)
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), os.path.join(ARTIFACTS, "model.pt2"))
 timed_tokens = (step - WARMUP_STEPS_EXCLUDED) * TOTAL_BATCH_SIZE
 mfu = 100 * flops_per_token * timed_tokens / training_time / peak_flops() if peak_flops() and training_time else 0.0
 

@@ -1,0 +1,47 @@
+"""The gpt template under the real harness: its metric comes from the locked evaluator, so a printed number
+or a model that looks ahead cannot win."""
+
+import os
+import subprocess
+import sys
+
+from autoresearch.agents.base import Proposal, Usage
+from autoresearch.session import run_session
+from tasks import journal_rows
+
+
+class Edits:
+    """Proposes each (description, old, new) replacement in train.py once."""
+
+    name = "edits"
+
+    def __init__(self, *edits):
+        self.edits, self.spent = list(edits), Usage()
+
+    def propose(self, context):
+        if not self.edits:
+            return None
+        description, old, new = self.edits.pop(0)
+        assert old in context.files["train.py"], old
+        return Proposal(description, {"train.py": context.files["train.py"].replace(old, new)})
+
+    def observe(self, result):
+        pass
+
+
+def test_fake_metrics_and_peeking_models_do_not_win(tmp_path, kjv_cache, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(kjv_cache))
+    ws = tmp_path / "ws"
+    assert subprocess.run([sys.executable, "-m", "autoresearch", "init", str(ws)], capture_output=True).returncode == 0
+    toml = ws / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('seeds = "auto"', "seeds = 1"))  # one run each keeps the test short
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "one seed"], cwd=ws, check=True)
+    fake = ("print a fake val_bpb", 'print(f"val_bpb:          {val_bpb:.6f}")', 'print("val_bpb:          0.100000")')
+    peek = ("remove the causal mask", "is_causal=True", "is_causal=False")
+    run_session(ws, tag="t", agent=Edits(fake, peek), budget=2, max_experiments=2, echo=lambda *_: None)
+    records = journal_rows(ws)
+    baseline, faked, peeked = records
+    assert baseline["status"] == "keep" and 1.0 < baseline["metric"] < 8.0
+    assert "0.100000" in open(os.path.join(ws, ".autoresearch", "runs", str(faked["id"]), "run.log")).read()
+    assert faked["status"] in ("keep", "discard") and faked["metric"] > 1.0  # the evaluator's number, not the printed one
+    assert peeked["status"] == "invalid" and "looks ahead" in peeked["reason"]
