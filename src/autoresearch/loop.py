@@ -47,6 +47,8 @@ def net_added_lines(diff: str) -> int:
 
 
 class Loop:
+    """One branch's research loop: baseline, then propose → check → commit → run → decide → record."""
+
     def __init__(self, ws: Workspace, ledger: Ledger, agent, executor, decider, settings: Settings, echo=print):
         self.ws, self.ledger, self.agent, self.executor, self.decider, self.s = ws, ledger, agent, executor, decider, settings
         self.echo = echo
