@@ -1,5 +1,5 @@
-"""The gpt template under the real harness: its metric comes from the locked evaluator, so a printed number
-or a model that looks ahead cannot win."""
+"""The gpt template under the real harness: its metric comes from the locked evaluator, so a printed number,
+a patched or shrunk evaluation inside train.py, or a model that looks ahead cannot win."""
 
 import os
 import subprocess
@@ -38,10 +38,17 @@ def test_fake_metrics_and_peeking_models_do_not_win(tmp_path, kjv_cache, monkeyp
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "one seed"], cwd=ws, check=True)
     fake = ("print a fake val_bpb", 'print(f"val_bpb:          {val_bpb:.6f}")', 'print("val_bpb:          0.100000")')
     peek = ("remove the causal mask", "is_causal=True", "is_causal=False")
-    run_session(ws, tag="t", agent=Edits(fake, peek), budget=2, max_experiments=2, echo=lambda *_: None)
+    patch = ("monkeypatch the evaluator", "tokenizer = Tokenizer.from_directory()",
+             "import prepare\nprepare.evaluate_bpb = evaluate_bpb = lambda *a, **k: 0.05\ntokenizer = Tokenizer.from_directory()")
+    shrink = ("evaluate on fewer tokens", "tokenizer = Tokenizer.from_directory()",
+              "import prepare\nprepare.EVAL_TOKENS = 300\ntokenizer = Tokenizer.from_directory()")
+    run_session(ws, tag="t", agent=Edits(fake, peek, patch, shrink), budget=2, max_experiments=4, echo=lambda *_: None)
     records = journal_rows(ws)
-    baseline, faked, peeked = records
+    baseline, faked, peeked, patched, shrunk = records
     assert baseline["status"] == "keep" and 1.0 < baseline["metric"] < 8.0
     assert "0.100000" in open(os.path.join(ws, ".autoresearch", "runs", str(faked["id"]), "run.log")).read()
     assert faked["status"] in ("keep", "discard") and faked["metric"] > 1.0  # the evaluator's number, not the printed one
     assert peeked["status"] == "invalid" and "looks ahead" in peeked["reason"]
+    assert "val_bpb:          0.050000" in open(os.path.join(ws, ".autoresearch", "runs", str(patched["id"]), "run.log")).read()
+    for cheat in (patched, shrunk):  # train.py's own process is fooled; the evaluator's is not
+        assert cheat["status"] in ("keep", "discard") and cheat["metric"] > 1.0, cheat["description"]
