@@ -7,6 +7,7 @@ import sys
 
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.session import run_session
+from autoresearch.summary import parse_summary
 from tasks import journal_rows
 
 
@@ -49,6 +50,7 @@ def test_fake_metrics_and_peeking_models_do_not_win(tmp_path, kjv_cache, monkeyp
     assert "0.100000" in open(os.path.join(ws, ".autoresearch", "runs", str(faked["id"]), "run.log")).read()
     assert faked["status"] in ("keep", "discard") and faked["metric"] > 1.0  # the evaluator's number, not the printed one
     assert peeked["status"] == "invalid" and "looks ahead" in peeked["reason"]
-    assert "val_bpb:          0.050000" in open(os.path.join(ws, ".autoresearch", "runs", str(patched["id"]), "run.log")).read()
+    printed = parse_summary(open(os.path.join(ws, ".autoresearch", "runs", str(patched["id"]), "run.log")).read())
+    assert printed["val_bpb"] <= 0.1  # fooled itself (0.05, or 0.1 if the fake print above was kept by noise)
     for cheat in (patched, shrunk):  # train.py's own process is fooled; the evaluator's is not
         assert cheat["status"] in ("keep", "discard") and cheat["metric"] > 1.0, cheat["description"]
