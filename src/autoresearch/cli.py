@@ -41,7 +41,7 @@ def cmd_baseline(args) -> int:
     from autoresearch.session import run_session
     from autoresearch.status import render_status
 
-    ledger, maximize = run_session(Path(args.workspace), args.tag, "perturb", args.budget, args.seed, remeasure=True)
+    ledger, maximize = run_session(Path(args.workspace), args.tag, budget=args.budget, seed=args.seed, remeasure=True)
     render_status(ledger, maximize)
     return 0
 

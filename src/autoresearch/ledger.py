@@ -154,11 +154,11 @@ class Ledger:
     def interrupted(self) -> list[Row]:
         return [r for r in self.rows() if r.state == "running"]
 
-    def best(self, maximize: bool) -> Row | None:
+    def best(self) -> Row | None:
+        """The latest keep: the branch's tip, whose metric the next candidate must beat (direction-free, since
+        every keep passed the decider against the keep before it)."""
         kept = [r for r in self.rows() if r.status == "keep" and r.metric is not None]
-        if not kept:
-            return None
-        return kept[-1]  # each keep beat the one before it, so the latest keep is the best
+        return kept[-1] if kept else None
 
     def noise_sigma(self) -> float | None:
         """σ of the metric between seeds, pooled over every experiment measured more than once; None if none was."""

@@ -61,7 +61,7 @@ class Loop:
         self.recover()
         started, done, idle, errors = time.monotonic(), 0, 0, 0
         try:
-            if self.ledger.best(self.s.maximize) is None:
+            if self.ledger.best() is None:
                 self.baseline()
             while not self._limit_reached(done, started):
                 ran = self.step()
@@ -79,7 +79,7 @@ class Loop:
 
     def step(self) -> int:
         """One idea: propose, run, and let the agent fix a crash up to twice. Returns the number of runs."""
-        best = self.ledger.best(self.s.maximize)
+        best = self.ledger.best()
         context = self.context(best)
         t0, started_at = time.monotonic(), time.time()
         proposal = self.agent.propose(context)
@@ -246,7 +246,7 @@ class Loop:
                 kill_group(row.pid)
             self.ledger.finish(row.id, "crash", "interrupted: the harness stopped during this experiment")
         self.ledger.write_results_tsv()
-        best = self.ledger.best(self.s.maximize)
+        best = self.ledger.best()
         if best is not None:
             self.ws.reset_hard(best.commit_sha)
 

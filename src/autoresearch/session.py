@@ -60,7 +60,8 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     locked = list(dict.fromkeys(config.locked + ["autoresearch.toml"]))  # the protocol itself is always locked
     ws = Workspace(root, config.editable, locked)
     agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
-    agent = agent or make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root)
+    if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
+        agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root)
     branch = prepare_branch(ws, tag or default_tag())
     device = detect_device()
     seconds = budget if budget is not None else config.budget.resolve_seconds(device == "cuda")
@@ -72,7 +73,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         seeds=config.decide.resolve_seeds(device == "cuda"), startup_allowance=config.budget.startup_allowance_seconds,
         evaluate_command=config.commands.evaluate)
     ledger = Ledger(root, branch, config.metric.name)
-    echo(f"Branch {branch} | agent {agent.name} | {device} | budget {seconds:g}s, killed at {settings.limit_seconds:g}s | "
+    echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, killed at {settings.limit_seconds:g}s | "
          f"{settings.metric} ({config.metric.direction}) | {settings.seeds} seed(s), keep beyond {config.decide.threshold_sigmas:g}σ")
     decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
     loop = Loop(ws, ledger, agent, LocalExecutor(), decider, settings, echo)

@@ -51,7 +51,7 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
                       *((f"{r.cost_usd:.4f}" if r.llm_calls else "-",) if paid else ()),
                       r.reason if status not in ("keep", "discard") else "")
     console.print(table)
-    best = ledger.best(maximize)
+    best = ledger.best()
     s = stats(rows)
     console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet"))
     sigma = ledger.noise_sigma()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 
 def parse_summary(text: str) -> dict[str, float | str]:
     """The `key: value` pairs after the last `---` line; numbers become floats, NaN included.
@@ -25,7 +23,3 @@ def parse_summary(text: str) -> dict[str, float | str]:
         except ValueError:
             values[key] = value
     return values
-
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
