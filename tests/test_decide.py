@@ -145,7 +145,7 @@ EVAL_TASK = textwrap.dedent('''\
         w -= LR * 2 * x.T @ (x @ w - y) / len(x)
     np.save(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "w.npy"), w)
     print("---")
-    print("score: 999.0")
+    print("score: -999.0")
 ''')
 
 EVALUATOR = textwrap.dedent('''\
@@ -173,10 +173,12 @@ def test_with_an_evaluator_the_metric_is_never_what_the_run_prints(tmp_path):
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "evaluator"], cwd=root, check=True)
     better = lambda c: Proposal("larger step", {"train.py": c.files["train.py"].replace("LR = 0.1", "LR = 0.3")})
     broken = lambda c: Proposal("forget to save", {"train.py": c.files["train.py"].replace("np.save(", "print(")})
-    run_session(root, tag="t", agent=Salts(0, [better, broken]), max_experiments=2, echo=lambda *_: None)
+    forged = lambda c: Proposal("print a better score", {"train.py": c.files["train.py"].replace("-999.0", "999.0")})
+    run_session(root, tag="t", agent=Salts(0, [better, broken, forged]), max_experiments=3, echo=lambda *_: None)
     records = rows(root)
-    assert all(r["metric"] is None or r["metric"] <= 0 for r in records)  # never the printed 999
-    assert [r["status"] for r in records] == ["keep", "keep", "crash"]
-    assert records[2]["reason"].startswith("the evaluator failed (exit code 1)")
+    assert all(r["metric"] is None or r["metric"] <= 0 for r in records)  # never a printed ±999
+    assert [r["status"] for r in records] == ["keep", "keep", "crash", "invalid"]
+    assert records[2]["reason"].startswith("the evaluator failed 2 times (exit code 1)")  # retried on the saved artifacts
+    assert records[3]["reason"].startswith("forged metric: the run printed score 999")
     status = subprocess.run([sys.executable, "-m", "autoresearch", "status"], cwd=root, capture_output=True, text=True)
     assert "locked evaluator `python evaluate.py`" in status.stdout

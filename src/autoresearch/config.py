@@ -28,11 +28,14 @@ class Commands(_Strict):
     # A locked evaluator run in its own process after each training run, on the run's artifacts
     # ($AUTORESEARCH_ARTIFACTS); when set, the metric is read from its output, never from the training run's.
     evaluate: str = ""
+    # A locked scorer of kept candidates on the hidden test split, run like `evaluate`; it prints metric.test_name.
+    test: str = ""
 
 
 class Metric(_Strict):
     name: str = Field(min_length=1)
     direction: Literal["minimize", "maximize"]
+    test_name: str = ""  # what commands.test prints (default: the metric's own name)
 
 
 class Budget(_Strict):
@@ -68,6 +71,9 @@ class DecideSettings(_Strict):
     threshold_sigmas: float = Field(2.0, ge=0.0)  # keep only a gain larger than this many σ of the noise
     cost_per_added_line: float = Field(0.0, ge=0.0)  # metric units a kept change must gain per net line it adds
     keep_simplifications: bool = True  # keep a change that removes lines and holds the metric within noise
+    # Runs with different seeds whose models (the evaluator's fingerprint.json) are closer than this relative
+    # distance ignored AUTORESEARCH_SEED (gpt weights: about 0.005-0.05 for one seed run twice, 1.4 for two seeds).
+    same_model_distance: float = Field(0.5, ge=0.0)
 
     def resolve_seeds(self, cuda: bool) -> int:
         """Runs per measurement: the configured number, or 3 on CUDA and 2 elsewhere."""
@@ -76,6 +82,17 @@ class DecideSettings(_Strict):
         if self.seeds < 1:
             raise ValueError("decide.seeds must be at least 1")
         return self.seeds
+
+
+class SandboxSettings(_Strict):
+    """How the training run is confined (bubblewrap): held-out data hidden, the machine read-only but the workspace."""
+
+    mode: Literal["auto", "bwrap", "none"] = "auto"  # auto: bubblewrap where it works, else none (with a warning)
+    hide: list[str] = Field(default_factory=list)  # globs the training run must not read (held-out data)
+    protect: list[str] = Field(default_factory=list)  # globs the evaluator reads: the run must not change them
+    paths_command: str = ""  # locked command printing more `hide PATH` / `protect PATH` lines
+    writable: list[str] = Field(default_factory=list)  # folders outside the workspace the run may write
+    network: bool = False  # the training run gets no network unless this is true
 
 
 class AgentSettings(_Strict):
@@ -101,6 +118,7 @@ class Config(_Strict):
     budget: Budget = Budget()
     agent: AgentSettings = AgentSettings()
     decide: DecideSettings = DecideSettings()
+    sandbox: SandboxSettings = SandboxSettings()
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS experiments (
     llm_calls INTEGER NOT NULL DEFAULT 0,
     cost_usd REAL NOT NULL DEFAULT 0,           -- estimated, from the price table
     values_json TEXT NOT NULL DEFAULT '[]',     -- the metric of each run (seed) of this experiment
-    seeds_json TEXT NOT NULL DEFAULT '[]'
+    seeds_json TEXT NOT NULL DEFAULT '[]',
+    test_metric REAL,                           -- kept candidates: the metric on the hidden test split (mean)
+    test_values_json TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS by_branch ON experiments(branch, id);
 """
@@ -82,6 +84,8 @@ class Row:
     cost_usd: float
     values_json: str
     seeds_json: str
+    test_metric: float | None = None
+    test_values_json: str = "[]"
 
     @property
     def values(self) -> list[float]:
@@ -104,6 +108,10 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
+        for name, kind in (("test_metric", "REAL"), ("test_values_json", "TEXT NOT NULL DEFAULT '[]'")):
+            if name not in columns:  # a journal written before the column existed
+                self.db.execute(f"ALTER TABLE experiments ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -150,6 +158,10 @@ class Ledger:
             (status, reason, metric, memory_gb, json.dumps(summary, default=str), wall_seconds, log_tail, now, now - started,
              json.dumps(list(values)), json.dumps(list(seeds)), row_id))
         self.write_results_tsv()
+
+    def set_test(self, row_id: int, metric: float | None, values: list[float]) -> None:
+        self.db.execute("UPDATE experiments SET test_metric = ?, test_values_json = ? WHERE id = ?",
+                        (metric, json.dumps(list(values)), row_id))
 
     def interrupted(self) -> list[Row]:
         return [r for r in self.rows() if r.state == "running"]

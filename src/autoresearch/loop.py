@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from autoresearch import UsageError
 from autoresearch.agents.base import Context, CrashToFix, Proposal, Result, Usage
 from autoresearch.executors.local import group_alive, kill_group
 from autoresearch.ledger import STATE_DIR, Ledger
+from autoresearch.runner import Runner
 from autoresearch.workspace import Workspace
 
 MAX_FIX_ATTEMPTS = 2
@@ -21,20 +23,15 @@ MAX_AGENT_ERRORS = 5  # proposals in a row that failed with an agent error (bad 
 
 @dataclass
 class Settings:
-    run_command: str
     program: str
     metric: str
     maximize: bool
-    budget_seconds: float
-    limit_seconds: float  # budget × timeout_factor + grace: the harness kills the run here
     seed: int
     device: str
     max_experiments: int | None = None
     max_hours: float | None = None
     max_cost: float | None = None  # dollars of estimated agent spend on this branch
-    evaluate_command: str = ""  # a locked evaluator; when set, the metric is its output, not the run's
     seeds: int = 1  # runs per measurement (baseline; a candidate that passes its first run)
-    startup_allowance: float = 90.0  # a run longer than budget + this is invalid
     history_limit: int = 50  # recent discarded or crashed ideas shown to the agent
 
 
@@ -49,10 +46,9 @@ def net_added_lines(diff: str) -> int:
 class Loop:
     """One branch's research loop: baseline, then propose → check → commit → run → decide → record."""
 
-    def __init__(self, ws: Workspace, ledger: Ledger, agent, executor, decider, settings: Settings, echo=print):
-        self.ws, self.ledger, self.agent, self.executor, self.decider, self.s = ws, ledger, agent, executor, decider, settings
+    def __init__(self, ws: Workspace, ledger: Ledger, agent, runner: Runner, decider, settings: Settings, echo=print):
+        self.ws, self.ledger, self.agent, self.runner, self.decider, self.s = ws, ledger, agent, runner, decider, settings
         self.echo = echo
-        self.locked_hash = ws.locked_hash()
         self.billed = Usage()  # the part of agent.spent already written to the journal
         self.last_row: int | None = None
 
@@ -69,6 +65,10 @@ class Loop:
                 errors = 0 if ran or not getattr(self.agent, "last_error", None) else errors + 1
                 if idle >= MAX_IDLE_PROPOSALS or errors >= MAX_AGENT_ERRORS:
                     self.echo(f"The agent made {idle} proposals in a row that could not run; stopping.")
+                    break
+                if self.runner.tampered:  # every later number would be measured on altered data
+                    self.echo(f"Stopping: a run changed held-out or evaluation data ({', '.join(self.runner.tampered[:3])}). "
+                              "Delete it, run `autoresearch prepare`, then `autoresearch run` again.")
                     break
         except KeyboardInterrupt:
             self.echo("Interrupted: recording and returning to the best commit.")
@@ -155,89 +155,63 @@ class Loop:
         if result.status != "keep":
             raise UsageError(f"the baseline run ended '{result.status}' ({result.reason}); fix it first, see {result.extra.get('log')}")
 
-    def run_once(self, row: int, seed: int, log: Path):
-        """One run with one seed: (failure status or None, reason, metric, outcome).
-
-        With an evaluate command, the metric comes from that locked evaluator, run in its own process on the
-        training run's artifacts, and never from what the training run printed.
-        """
-        artifacts = log.parent / f"artifacts-seed{seed}"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.s.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
-               "AUTORESEARCH_ARTIFACTS": str(artifacts)}
-        out = self.executor.run(self.ws.root, self.s.run_command, env, self.s.limit_seconds, log,
-                                on_start=lambda pid: self.ledger.set_run(row, pid, str(log)))
-        if out.interrupted:
-            raise KeyboardInterrupt
-        metric = out.summary.get(self.s.metric)
-        if self.s.evaluate_command and out.returncode == 0 and not out.timed_out:
-            evaluated = self.executor.run(self.ws.root, self.s.evaluate_command, env, self.s.limit_seconds,
-                                          log.with_name(log.stem + "-evaluate.log"))
-            if evaluated.interrupted:
-                raise KeyboardInterrupt
-            if evaluated.returncode != 0 or evaluated.timed_out:
-                return "crash", f"the evaluator failed ({'timed out' if evaluated.timed_out else f'exit code {evaluated.returncode}'}): " \
-                                f"{evaluated.log_tail.strip().splitlines()[-1] if evaluated.log_tail.strip() else 'no output'}", None, out
-            if isinstance(evaluated.summary.get("invalid"), str):
-                return "invalid", evaluated.summary["invalid"], None, out
-            metric = evaluated.summary.get(self.s.metric)
-        changed_locked = self.ws.modified_locked()
-        over = self.s.budget_seconds + self.s.startup_allowance
-        if changed_locked or self.ws.locked_hash() != self.locked_hash:
-            return "invalid", f"locked file changed during the run: {', '.join(changed_locked) or 'content hash'}", None, out
-        if out.timed_out:
-            return "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.s.limit_seconds:.0f}s)", None, out
-        if out.wall_seconds > over:
-            return "invalid", (f"ran {out.wall_seconds:.0f}s, over the budget of {self.s.budget_seconds:g}s plus "
-                               f"{self.s.startup_allowance:g}s of start-up allowance"), None, out
-        if out.returncode != 0:
-            return "crash", f"exit code {out.returncode}", None, out
-        if not isinstance(metric, float):
-            return "crash", f"no '{self.s.metric}' in the summary block", None, out
-        if not math.isfinite(metric):
-            return "crash", f"{self.s.metric} is {metric}", None, out
-        return None, "", metric, out
-
     def measure(self, row: int, description: str, best, seed_offset: int = 0, net_lines: int = 0) -> Result:
         """Run the committed candidate: a first run, then (for the baseline, or a candidate that passes the screen)
-        more runs with fresh seeds; decide on the mean against the noise, and record it."""
+        more runs with fresh seeds; decide on the mean against the noise, score a keep on the hidden test split,
+        and record it."""
         run_dir = self.ws.root / STATE_DIR / "runs" / str(row)
         seeds = [self.s.seed + seed_offset + i for i in range(self.s.seeds)]
         sigma = self.ledger.noise_sigma() or 0.0
-        values, wall, training, first = [], 0.0, 0.0, None
+        values, runs, wall, training = [], [], 0.0, 0.0
         status, reason = None, ""
         for i, seed in enumerate(seeds):
-            failure, why, metric, out = self.run_once(row, seed, run_dir / ("run.log" if i == 0 else f"run-seed{seed}.log"))
-            first = first or out
-            wall += out.wall_seconds
-            seconds = out.summary.get("training_seconds")
+            log = run_dir / ("run.log" if i == 0 else f"run-seed{seed}.log")
+            run = self.runner.train(seed, log, on_start=lambda pid, log=log: self.ledger.set_run(row, pid, str(log)))
+            runs.append(run)
+            wall += run.out.wall_seconds
+            seconds = run.out.summary.get("training_seconds")
             training += seconds if isinstance(seconds, float) and math.isfinite(seconds) else 0.0
-            if failure:
-                status, reason = failure, why if i == 0 else f"run with seed {seed}: {why}"
+            if run.failure:
+                status, reason = run.failure, run.reason if i == 0 else f"run with seed {seed}: {run.reason}"
                 break
-            values.append(metric)
+            values.append(run.metric)
             if i == 0 and best is not None:
-                screen = self.decider.decide(metric, best.metric, self.s.maximize, sigma, net_lines)
+                screen = self.decider.decide(run.metric, best.metric, self.s.maximize, sigma, net_lines)
                 if not screen.keep:
                     status, reason = "discard", screen.reason
                     break
         mean = sum(values) / len(values) if values else None
-        if status is None and len(values) > 1 and len(set(values)) == 1 and sigma > 0:
-            status, reason = "invalid", f"{len(values)} runs with different AUTORESEARCH_SEED gave identical results: the seed is ignored"
+        ignored = self.runner.seed_ignored([r.artifacts for r in runs]) if status is None and len(values) > 1 else ""
+        if status is None and not ignored and len(values) > 1 and len(set(values)) == 1 and sigma > 0:
+            ignored = f"{len(values)} runs with different AUTORESEARCH_SEED gave identical results: the seed is ignored"
+        if ignored:
+            status, reason = "invalid", ignored
         elif status is None and best is None:
             status, reason = "keep", "baseline" + (f" over {len(values)} seeds" if len(values) > 1 else "")
         elif status is None:
             decision = self.decider.decide(mean, best.metric, self.s.maximize, sigma, net_lines)
             status, reason = ("keep" if decision.keep else "discard"), f"mean of {len(values)} seeds: {decision.reason}"
-        ok = status in ("keep", "discard")
+        ok, out = status in ("keep", "discard"), runs[-1].out
         metric = mean if ok else None
-        summary = {**first.summary, "all_runs_training_seconds": training}  # the first run's block, plus the total
+        summary = {**runs[0].out.summary, "all_runs_training_seconds": training,  # the first run's block, plus totals
+                   "all_runs_evaluation_seconds": sum(r.evaluation_seconds for r in runs)}
         self.ledger.finish(row, status, reason, metric, summary, wall, "" if status == "keep" else out.log_tail,
                            values, seeds[:len(values)])  # every non-keep carries its log tail
         shown = f"{metric:.6f}" if ok else "-"
         self.echo(f"  {status:<9} {shown:>10}  {description}" + ("" if status == "keep" and best is not None else f"  ({reason})"))
-        return Result(description, status, metric, reason,
-                      {"ran": True, "log_tail": out.log_tail, "log": str(run_dir / "run.log"), "summary": first.summary, "values": values})
+        if status == "keep" and self.runner.spec.test_command:
+            self.score_test(row, seeds[:len(values)], [r.artifacts for r in runs])
+        if status != "keep":  # a model that was not kept is not needed again; a kept one can be re-scored
+            for r in runs:
+                shutil.rmtree(r.artifacts, ignore_errors=True)
+        return Result(description, status, metric, reason, {"ran": True, "log_tail": out.log_tail, "log": str(run_dir / "run.log"),
+                                                            "summary": runs[0].out.summary, "values": values})
+
+    def score_test(self, row: int, seeds: list[int], artifacts: list[Path]) -> None:
+        """Score a kept candidate on the hidden test split (never shown to the agent) and record it."""
+        mean, values, why = self.runner.score_test(seeds, artifacts)
+        self.ledger.set_test(row, mean, values)
+        self.echo(f"            hidden test split: {mean:.6f}" if mean is not None else f"            hidden test split not scored: {why}")
 
     def recover(self) -> None:
         """Close rows cut off by a kill or Ctrl-C as crash (interrupted), stop their runs, return to the best commit."""

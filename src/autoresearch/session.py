@@ -15,6 +15,8 @@ from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR, Ledger
 from autoresearch.loop import Loop, Settings
 from autoresearch.process import run_streaming
+from autoresearch.runner import Runner, RunSpec
+from autoresearch.sandbox import expand_glob, make_sandbox, resolve_protected
 from autoresearch.workspace import Workspace
 
 
@@ -66,17 +68,28 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     device = detect_device()
     seconds = budget if budget is not None else config.budget.resolve_seconds(device == "cuda")
     settings = Settings(
-        run_command=config.commands.run, program=(root / config.program).read_text(encoding="utf-8"),
-        metric=config.metric.name, maximize=config.metric.direction == "maximize", budget_seconds=seconds,
-        limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds, seed=seed, device=device,
-        max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit,
-        seeds=config.decide.resolve_seeds(device == "cuda"), startup_allowance=config.budget.startup_allowance_seconds,
-        evaluate_command=config.commands.evaluate)
+        program=(root / config.program).read_text(encoding="utf-8"), metric=config.metric.name,
+        maximize=config.metric.direction == "maximize", seed=seed, device=device, max_experiments=max_experiments,
+        max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit,
+        seeds=config.decide.resolve_seeds(device == "cuda"))
+    spec = RunSpec(
+        run_command=config.commands.run, metric=config.metric.name, maximize=settings.maximize, budget_seconds=seconds,
+        limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds,
+        startup_allowance=config.budget.startup_allowance_seconds, evaluate_command=config.commands.evaluate,
+        test_command=config.commands.test, test_metric=config.metric.test_name,
+        same_model_distance=config.decide.same_model_distance)
     ledger = Ledger(root, branch, config.metric.name)
-    echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, killed at {settings.limit_seconds:g}s | "
+    echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, killed at {spec.limit_seconds:g}s | "
          f"{settings.metric} ({config.metric.direction}) | {settings.seeds} seed(s), keep beyond {config.decide.threshold_sigmas:g}σ")
+    box = config.sandbox
+    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, echo)
+    if sandbox:
+        sandbox.writable = [p for g in box.writable for p in expand_glob(g)]
+    protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
+    echo(f"Sandbox: {'bubblewrap' if sandbox else 'none'}; {len(protected.hidden)} held-out path(s) hidden from training, "
+         f"{len(protected.all())} watched for changes")
     decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
-    loop = Loop(ws, ledger, agent, LocalExecutor(), decider, settings, echo)
+    loop = Loop(ws, ledger, agent, Runner(ws, LocalExecutor(), spec, sandbox, protected), decider, settings, echo)
     if remeasure:
         loop.remeasure()
     else:

@@ -7,8 +7,17 @@ from rich.table import Table
 
 from autoresearch.config import load_config
 from autoresearch.ledger import Ledger
+from autoresearch.sandbox import INSTALL_HINT, bubblewrap_works
 
 STYLES = {"keep": "bold green", "discard": "dim", "crash": "red", "timeout": "red", "invalid": "magenta"}
+
+
+def sandbox_summary(mode: str) -> str:
+    if mode == "none":
+        return "off (sandbox.mode = \"none\"): training can read held-out data; changes to it are still caught"
+    if bubblewrap_works():
+        return "bubblewrap: training sees the machine read-only, the held-out data not at all, and no network"
+    return f"none, bubblewrap is not available ({INSTALL_HINT}): training can read held-out data; changes to it are still caught"
 
 
 def stats(rows) -> dict:
@@ -16,6 +25,7 @@ def stats(rows) -> dict:
     ran = [r for r in done if r.wall_seconds is not None]
     training = sum(float(r.summary.get("all_runs_training_seconds", r.summary.get("training_seconds", 0)) or 0) for r in ran)
     wall = sum(r.wall_seconds for r in ran)
+    evaluation = sum(float(r.summary.get("all_runs_evaluation_seconds", 0) or 0) for r in ran)  # the locked evaluator
     agent = sum(r.propose_seconds or 0 for r in done)
     total = sum(r.experiment_seconds or 0 for r in done)
     span_hours = (max(r.ended_at for r in done) - min(r.started_at for r in done)) / 3600 if done else 0.0
@@ -26,10 +36,27 @@ def stats(rows) -> dict:
         "keep_rate": sum(r.status == "keep" for r in candidates) / len(candidates) if candidates else 0.0,
         "per_hour": len(done) / span_hours if span_hours > 0 else 0.0,
         "training_seconds": training,
-        "evaluation_seconds": max(0.0, wall - training),  # start-up and evaluation inside the run
+        "evaluation_seconds": max(0.0, wall - training) + evaluation,  # start-up, export, and the evaluator
         "agent_seconds": agent,  # the agent thinking up proposals
-        "harness_seconds": max(0.0, total - wall - agent),  # checks, git, recording
+        "harness_seconds": max(0.0, total - wall - evaluation - agent),  # checks, git, recording
     }
+
+
+def flag_test_disagreements(rows, maximize: bool, sigma: float, k: float) -> dict[int, str]:
+    """Kept candidates whose gain on val is not shared by the hidden test split beyond noise (k·σ), by row id."""
+    sign = 1.0 if maximize else -1.0
+    flags, previous = {}, None
+    for r in rows:
+        if r.status != "keep" or r.metric is None:
+            continue
+        if previous is not None and r.test_metric is not None and previous.test_metric is not None:
+            val_gain = sign * (r.metric - previous.metric)
+            test_gain = sign * (r.test_metric - previous.test_metric)
+            if val_gain - test_gain > k * sigma:
+                flags[r.id] = (f"val gained {val_gain:.4g} but the hidden test split {test_gain:+.4g}: "
+                               "the gain may be fitted to the validation split")
+        previous = r
+    return flags
 
 
 def render_status(ledger: Ledger, maximize: bool, console: Console | None = None) -> None:
@@ -38,28 +65,51 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
     if not rows:
         console.print(f"No experiments on {ledger.branch} yet.")
         return
+    config = load_config(ledger.root)
+    sigma = ledger.noise_sigma()
+    flags = flag_test_disagreements(rows, maximize, sigma or 0.0, config.decide.threshold_sigmas)
     table = Table(title=f"{ledger.branch}: {ledger.metric_name} ({'higher' if maximize else 'lower'} is better)")
-    paid = any(r.llm_calls for r in rows)
-    columns = ("#", "commit", ledger.metric_name, "mem GB", "status", "description", "wall s") + (("cost $",) if paid else ()) + ("reason",)
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("#", ledger.metric_name, "mem GB", "wall s", "cost $") else "left")
+    test_name = config.metric.test_name or f"test {ledger.metric_name}"
+    numeric = ("#", ledger.metric_name, test_name, "mem GB", "wall s", "cost $")
+    narrow = console.width < 120  # then the reason goes under the description, and memory and wall time are left out
+    columns = ["#", "commit", ledger.metric_name, test_name, "mem GB", "status", "description", "wall s", "cost $", "reason"]
+    if not any(r.test_metric is not None for r in rows):
+        columns.remove(test_name)
+    if not any(r.llm_calls for r in rows):
+        columns.remove("cost $")
+    if narrow:
+        columns = [c for c in columns if c not in ("mem GB", "wall s", "reason")]
+    for column in columns:  # numbers, commits and statuses are never wrapped; descriptions and reasons wrap
+        table.add_column(column, justify="right" if column in numeric else "left",
+                         no_wrap=column in numeric or column in ("commit", "status"),
+                         min_width=max(len(column), 8) if column in (ledger.metric_name, test_name) else None)
     for r in rows:
         status = r.status or r.state
-        table.add_row(str(r.id), (r.commit_sha or "-")[:7], f"{r.metric:.6f}" if r.metric is not None else "-",
-                      f"{r.memory_gb:.1f}" if r.memory_gb is not None else "-", f"[{STYLES.get(status, '')}]{status}[/]",
-                      r.description, f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
-                      *((f"{r.cost_usd:.4f}" if r.llm_calls else "-",) if paid else ()),
-                      r.reason if status not in ("keep", "discard") else "")
+        note = r.reason if status not in ("keep", "discard") else ""
+        if r.id in flags:
+            note = f"[yellow]⚠ {flags[r.id]}[/]"
+        cells = {"#": str(r.id), "commit": (r.commit_sha or "-")[:7], "status": f"[{STYLES.get(status, '')}]{status}[/]",
+                 ledger.metric_name: f"{r.metric:.6f}" if r.metric is not None else "-",
+                 test_name: f"{r.test_metric:.6f}" if r.test_metric is not None else "-",
+                 "mem GB": f"{r.memory_gb:.1f}" if r.memory_gb is not None else "-",
+                 "description": r.description + (f"\n[dim]{note}[/]" if narrow and note else ""),
+                 "wall s": f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
+                 "cost $": f"{r.cost_usd:.4f}" if r.llm_calls else "-", "reason": note}
+        table.add_row(*(cells[c] for c in columns))
     console.print(table)
     best = ledger.best()
     s = stats(rows)
-    console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet"))
-    sigma = ledger.noise_sigma()
+    console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet")
+                  + (f"; hidden test split {best.test_metric:.6f}" if best and best.test_metric is not None else ""))
+    if flags:
+        console.print(f"[yellow]⚠ {len(flags)} kept change(s) gained on val but not on the hidden test split beyond "
+                      f"{config.decide.threshold_sigmas:g}σ: see the table.[/]")
     console.print("Noise between seeds: " + (f"σ = {sigma:.6f}, pooled over every experiment run with several seeds" if sigma is not None
                                               else "not measured (one seed per experiment)"))
-    evaluator = load_config(ledger.root).commands.evaluate
+    evaluator = config.commands.evaluate
     console.print(f"The metric comes from the locked evaluator `{evaluator}`, run in its own process." if evaluator else
                   "The metric is self-reported: it is the number the run prints (no `evaluate` command in autoresearch.toml).")
+    console.print(f"Sandbox: {sandbox_summary(config.sandbox.mode)}.")
     console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
                   f"{s['per_hour']:.1f} per hour")
     calls = sum(r.llm_calls for r in rows)

@@ -80,6 +80,18 @@ class Workspace:
     def git(self, *args: str, check: bool = True) -> str:
         return git(self.root, *args, check=check).stdout
 
+    def stray_code(self) -> set[str]:
+        """Untracked files (ignored ones too) that Python could import: modules, .pth files, extensions."""
+        names = self.git("ls-files", "--others", "-z").split("\0")
+        return {n for n in names if n.endswith((".py", ".pth", ".so")) and not n.startswith(".autoresearch/")}
+
+    def git_bytes(self, *args: str) -> bytes:
+        """Binary output of a git command (e.g. `git archive`); a failure is a UsageError."""
+        result = subprocess.run(["git", *args], cwd=self.root, capture_output=True)
+        if result.returncode != 0:
+            raise UsageError(f"git {args[0]} failed in {self.root}: {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
+
     def head(self) -> str:
         return self.git("rev-parse", "HEAD").strip()
 

@@ -3,11 +3,17 @@
 The harness runs it after every training run with AUTORESEARCH_ARTIFACTS pointing at that run's folder; the
 metric is what this prints, never what train.py printed. It loads model.pt2 (a torch.export graph: no Python
 from train.py runs here), checks that the model is causal (changing later tokens must leave earlier logits
-unchanged), and computes val_bpb with evaluate_bpb from prepare.py on the pinned validation split.
+unchanged), and computes val_bpb with evaluate_bpb from prepare.py on the pinned validation split. It also
+writes fingerprint.json, a fixed sample of the model's weights, so the harness can tell whether runs with
+different seeds trained different models. With --split test (kept candidates only) it prints test_bpb
+on the hidden test split, which training never reads.
 """
 
+import argparse
+import json
 import os
 import sys
+import time
 
 import torch
 
@@ -46,25 +52,51 @@ def causality_leak(model, vocab: int, device) -> float:
     return (a[:, : t + 1].float() - b[:, : t + 1].float()).abs().max().item()
 
 
-def main() -> None:
+def fingerprint(model, samples: int = 256) -> list[float]:
+    """A fixed sample of every weight tensor, each divided by its RMS: runs with different seeds start from
+    different random weights and end far apart (relative distance near 1.4); one seed run twice ends close."""
+    values = []
+    for name, tensor in sorted(model.state_dict().items()):
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        flat = tensor.detach().float().flatten().cpu()
+        picked = flat[torch.linspace(0, flat.numel() - 1, min(samples, flat.numel())).long()]
+        rms = flat.pow(2).mean().sqrt().item() or 1.0
+        values += [float(f"{v:.6g}") for v in (picked / rms).tolist()]
+    return values
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Score the model train.py exported (run by the harness).")
+    parser.add_argument("--split", choices=("val", "test"), default="val", help="test: the hidden split, kept candidates only")
+    split = parser.parse_args(argv).split
     artifacts = os.environ.get("AUTORESEARCH_ARTIFACTS")
     if not artifacts:
         fail("AUTORESEARCH_ARTIFACTS is not set: the harness runs this after train.py")
+    t0 = time.time()
     model = load_model(artifacts)
     tensors = list(model.parameters()) + list(model.buffers())
     device = tensors[0].device if tensors else torch.device("cpu")
     tokenizer = Tokenizer.from_directory()
+    t1 = time.time()
     leak = causality_leak(model, tokenizer.get_vocab_size(), device)
+    t2 = time.time()
+    if split == "val":
+        with open(os.path.join(artifacts, "fingerprint.json"), "w") as f:
+            json.dump(fingerprint(model), f)
     print("---")
     if leak > CAUSALITY_TOLERANCE:
         print(f"invalid: the model looks ahead: earlier logits moved by {leak:.4g} when only later tokens changed")
         return
     try:
-        val_bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE, device=device)
+        bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE, device=device, split=split)
     except Exception as exc:
-        fail(f"the exported model failed on the validation batches ({type(exc).__name__}: {exc})")
-    print(f"val_bpb: {val_bpb:.6f}")
+        fail(f"the exported model failed on the {split} batches ({type(exc).__name__}: {exc})")
+    print(f"{split}_bpb: {bpb:.6f}")
     print(f"causality_max_diff: {leak:.3g}")
+    print(f"load_seconds: {t1 - t0:.3f}")
+    print(f"probe_seconds: {t2 - t1:.3f}")
+    print(f"score_seconds: {time.time() - t2:.3f}")
 
 
 if __name__ == "__main__":

@@ -459,6 +459,19 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, device="cpu", spl
 # Main
 # ---------------------------------------------------------------------------
 
+def protected_paths() -> list[str]:
+    """`hide PATH` / `protect PATH` lines for the harness's sandbox: training must not read the held-out splits (nor
+    the raw files and the embedded corpus they were cut from), and must not change what the evaluator reads."""
+    lines = []
+    for folder in sorted(cache_root().glob("*")) if cache_root().is_dir() else []:
+        lines += [f"hide {folder / name}" for name in ("val", "test", "raw") if (folder / name).exists()]
+        lines += [f"protect {tok}" for tok in sorted(folder.glob("tokenizer-*"))]
+    spec = importlib.util.find_spec("bible")
+    if spec is not None and spec.submodule_search_locations:
+        lines.append(f"hide {Path(list(spec.submodule_search_locations)[0]) / 'data'}")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Prepare data and tokenizer for the gpt task.")
     parser.add_argument("--dataset", default=DATASET, choices=sorted(SOURCES))
@@ -466,7 +479,11 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help="BPE vocabulary (default set by device)")
     parser.add_argument("--attempts", type=int, default=5, help="download attempts per file")
     parser.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry, doubling")
+    parser.add_argument("--protected-paths", action="store_true", help="print what the sandbox hides and protects, and exit")
     args = parser.parse_args(argv)
+    if args.protected_paths:
+        print("\n".join(protected_paths()))
+        return 0
     print(f"Cache: {dataset_dir(args.dataset)}")
     kind = SOURCES[args.dataset]["kind"]
     if kind == "embedded":

@@ -3,7 +3,9 @@
 Model in nanochat's spirit: rotary embeddings, QK-norm, RMSNorm without weights, ReLU² MLP, untied
 embeddings, logit soft-capping. Muon for the 2-D matrices inside the blocks, AdamW for the rest.
 Read top to bottom; everything here may be changed. The harness gives the budget and the seed through
-AUTORESEARCH_TIME_BUDGET and AUTORESEARCH_SEED. The last lines printed are the summary block.
+AUTORESEARCH_TIME_BUDGET and AUTORESEARCH_SEED. Under the harness (AUTORESEARCH_ARTIFACTS set) it saves the
+trained model as model.pt2 for the locked evaluate.py, which alone measures val_bpb; run by hand, it scores
+itself. The last lines printed are the summary block.
 """
 
 import math
@@ -265,18 +267,23 @@ while True:
 
 total_tokens = step * TOTAL_BATCH_SIZE
 model.eval()
-with autocast:
-    val_bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE, device=DEVICE)
-if ARTIFACTS:  # the locked evaluator scores this graph (no Python of this file in it) in its own process
+val_bpb = None
+if ARTIFACTS:  # under the harness: the locked evaluator scores this graph (no Python of this file in it) in its own process
+    t_export = time.time()
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = torch.zeros((2, MAX_SEQ_LEN), dtype=torch.long, device=DEVICE)
     torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), os.path.join(ARTIFACTS, "model.pt2"))
+    print(f"exported model.pt2 in {time.time() - t_export:.1f}s")
+else:  # a manual run: score it here (the harness hides the validation split from this process)
+    with autocast:
+        val_bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE, device=DEVICE)
 timed_tokens = (step - WARMUP_STEPS_EXCLUDED) * TOTAL_BATCH_SIZE
 mfu = 100 * flops_per_token * timed_tokens / training_time / peak_flops() if peak_flops() and training_time else 0.0
 
 print(f"throughput {timed_tokens / max(training_time, 1e-9):,.0f} tokens/s over {step - WARMUP_STEPS_EXCLUDED} timed steps")
 print("---")
-print(f"val_bpb:          {val_bpb:.6f}")
+if val_bpb is not None:
+    print(f"val_bpb:          {val_bpb:.6f}")
 print(f"training_seconds: {training_time:.1f}")
 print(f"total_seconds:    {time.time() - t_start:.1f}")
 print(f"peak_vram_mb:     {peak_memory_mb():.1f}")

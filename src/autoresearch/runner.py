@@ -1,0 +1,227 @@
+"""One run of a committed candidate under the protocol: train (sandboxed), score with the locked evaluator, check."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.executors.base import RunOutcome
+from autoresearch.ledger import STATE_DIR
+from autoresearch.sandbox import Bubblewrap, ProtectedPaths, changed_paths, fingerprint
+from autoresearch.workspace import Workspace
+
+FORGED_TOLERANCE = 0.01  # a printed metric better than the evaluator's by more than this share is forged
+EVALUATION_ATTEMPTS = 2  # a crashed evaluation is retried once on the saved artifacts, without training again
+
+
+@dataclass
+class RunSpec:
+    """The commands and limits of one workspace's runs."""
+
+    run_command: str
+    metric: str
+    maximize: bool
+    budget_seconds: float
+    limit_seconds: float  # the harness kills a run here
+    startup_allowance: float = 90.0  # a run longer than budget + this is invalid
+    evaluate_command: str = ""
+    test_command: str = ""
+    test_metric: str = ""
+    same_model_distance: float = 0.5
+
+
+@dataclass
+class Run:
+    failure: str | None  # crash | timeout | invalid, or None
+    reason: str
+    metric: float | None
+    out: RunOutcome
+    artifacts: Path
+    evaluation_seconds: float = 0.0  # the locked evaluator's processes, retries included
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+class Runner:
+    """Runs training and evaluation for the loop, and turns what it sees into a status and a reason."""
+
+    def __init__(self, ws: Workspace, executor, spec: RunSpec, sandbox: Bubblewrap | None = None,
+                 protected: ProtectedPaths | None = None):
+        self.ws, self.executor, self.spec, self.sandbox = ws, executor, spec, sandbox
+        self.protected = protected or ProtectedPaths()
+        self.locked_hash = ws.locked_hash()
+        self.data_prints = fingerprint(self.protected.all())  # as the session found them
+        self.tampered: list[str] = []  # held-out or evaluator data a run changed: the session must stop
+
+    def _env(self, seed: int, artifacts: Path) -> dict[str, str]:
+        return {"AUTORESEARCH_TIME_BUDGET": f"{self.spec.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
+                "AUTORESEARCH_ARTIFACTS": str(artifacts), "AUTORESEARCH_WORKSPACE": str(self.ws.root)}
+
+    def train(self, seed: int, log: Path, on_start=None) -> Run:
+        """One training run with one seed, then the locked evaluator on what it saved."""
+        artifacts = log.parent / f"artifacts-seed{seed}"
+        shutil.rmtree(artifacts, ignore_errors=True)
+        artifacts.mkdir(parents=True)
+        command = self.spec.run_command
+        if self.sandbox:
+            binds = [("rw", self.ws.root), ("ro", self.ws.root / STATE_DIR), ("rw", artifacts)]
+            command = self.sandbox.wrap(command, binds, hidden=self.protected.hidden)
+        code_before = self.ws.stray_code()
+        out = self.executor.run(self.ws.root, command, self._env(seed, artifacts), self.spec.limit_seconds, log, on_start=on_start)
+        if out.interrupted:
+            raise KeyboardInterrupt
+        failure, reason = self.check_training(out, code_before)
+        if failure:
+            return Run(failure, reason, None, out, artifacts)
+        metric = out.summary.get(self.spec.metric)
+        if self.spec.evaluate_command:
+            started = time.monotonic()
+            failure, reason, summary = self.evaluate(self.spec.evaluate_command, seed, artifacts, log.with_name(log.stem + "-evaluate.log"))
+            evaluation_seconds = time.monotonic() - started
+            if failure:
+                return Run(failure, reason, None, out, artifacts, evaluation_seconds)
+            metric, printed = summary.get(self.spec.metric), metric
+            forged = self.forged(printed, metric)
+            if forged:
+                return Run("invalid", forged, None, out, artifacts, evaluation_seconds)
+        else:
+            evaluation_seconds = 0.0
+        if not isinstance(metric, float):
+            return Run("crash", f"no '{self.spec.metric}' in the summary block", None, out, artifacts, evaluation_seconds)
+        if not math.isfinite(metric):
+            return Run("crash", f"{self.spec.metric} is {metric}", None, out, artifacts, evaluation_seconds)
+        return Run(None, "", metric, out, artifacts, evaluation_seconds)
+
+    def check_training(self, out: RunOutcome, code_before: set[str]) -> tuple[str | None, str]:
+        """What the harness itself saw of a training run: locked files, new code, protected data, time, exit code."""
+        changed_locked = self.ws.modified_locked()
+        if changed_locked or self.ws.locked_hash() != self.locked_hash:
+            return "invalid", f"locked file changed during the run: {', '.join(changed_locked) or 'content hash'}"
+        planted = sorted(self.ws.stray_code() - code_before)
+        for name in planted:
+            (self.ws.root / name).unlink(missing_ok=True)
+        if planted:
+            return "invalid", (f"the run wrote Python code into the workspace ({', '.join(planted[:3])}), which could shadow "
+                               "the evaluator's imports; a run may write only to $AUTORESEARCH_ARTIFACTS")
+        changed = changed_paths(self.data_prints, fingerprint(self.protected.all()))
+        if changed:
+            self.tampered = changed
+            return "invalid", (f"held-out or evaluation data changed during the run: {', '.join(changed[:3])}; "
+                               "delete it and run `autoresearch prepare` to restore it")
+        if out.timed_out:
+            return "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.spec.limit_seconds:.0f}s)"
+        over = self.spec.budget_seconds + self.spec.startup_allowance
+        if out.wall_seconds > over:
+            return "invalid", (f"ran {out.wall_seconds:.0f}s, over the budget of {self.spec.budget_seconds:g}s plus "
+                               f"{self.spec.startup_allowance:g}s of start-up allowance")
+        if out.returncode != 0:
+            touched = self.touched_protected(out.log_path)
+            if touched:
+                return "invalid", touched
+            return "crash", f"exit code {out.returncode}"
+        return None, ""
+
+    def touched_protected(self, log: Path) -> str:
+        """The reason a failed sandboxed run failed, when its log names held-out or read-only data."""
+        if not self.sandbox:
+            return ""
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", "replace")
+        for path in self.protected.hidden:
+            if str(path) in text:
+                return f"the run reached for held-out data, which training may not read or change: {path}"
+        for path in self.protected.protected:
+            if str(path) in text and "Read-only file system" in text:
+                return f"the run tried to change data the evaluator reads: {path}"
+        return ""
+
+    def forged(self, printed, evaluated) -> str:
+        """A reason when the training run printed the metric better than the evaluator measured it."""
+        if not isinstance(printed, float) or not isinstance(evaluated, float) or not math.isfinite(evaluated):
+            return ""
+        gain = (printed - evaluated) if self.spec.maximize else (evaluated - printed)
+        if gain > FORGED_TOLERANCE * max(abs(evaluated), 1e-12):
+            return (f"forged metric: the run printed {self.spec.metric} {printed:.6g}, but the locked evaluator measured "
+                    f"{evaluated:.6g} on the model it saved; only the evaluator's number counts")
+        return ""
+
+    def fresh_evaluator_dir(self) -> Path:
+        """The committed files only, in a new folder: nothing the run left in the workspace (a shadowing module,
+        stale bytecode, a rewritten file) reaches the evaluator."""
+        target = self.ws.root / STATE_DIR / "evaluator"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        archive = self.ws.git_bytes("archive", "--format=tar", "HEAD")
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        return target
+
+    def evaluate(self, command: str, seed: int, artifacts: Path, log: Path) -> tuple[str | None, str, dict]:
+        """Run a locked evaluator on a run's artifacts, retried once if it crashes: (failure, reason, summary)."""
+        for attempt in range(1, EVALUATION_ATTEMPTS + 1):
+            where = self.fresh_evaluator_dir()
+            wrapped = command
+            if self.sandbox:  # its own TMPDIR, inside the fresh folder: nothing a training run left there reaches it
+                wrapped = self.sandbox.wrap(command, [("rw", where), ("rw", artifacts)], tmp=where / ".tmp")
+            out = self.executor.run(where, wrapped, self._env(seed, artifacts), self.spec.limit_seconds, log)
+            if out.interrupted:
+                raise KeyboardInterrupt
+            if out.returncode == 0 and not out.timed_out:
+                if isinstance(out.summary.get("invalid"), str):
+                    return "invalid", out.summary["invalid"], out.summary
+                return None, "", out.summary
+            failed = "timed out" if out.timed_out else f"exit code {out.returncode}"
+            log = log.with_name(log.stem + f"-retry{attempt}.log")
+        return "crash", f"the evaluator failed {EVALUATION_ATTEMPTS} times ({failed}): {_last_line(out.log_tail)}", {}
+
+    def score_test(self, seeds: list[int], artifact_dirs: list[Path]) -> tuple[float | None, list[float], str]:
+        """The hidden test split's metric of a kept candidate: the mean over its runs' artifacts."""
+        name = self.spec.test_metric or self.spec.metric
+        values = []
+        for seed, artifacts in zip(seeds, artifact_dirs):
+            failure, reason, summary = self.evaluate(self.spec.test_command, seed, artifacts, artifacts.parent / f"test-seed{seed}.log")
+            value = summary.get(name)
+            if failure or not isinstance(value, float) or not math.isfinite(value):
+                return None, values, reason or f"no finite '{name}' from `{self.spec.test_command}`"
+            values.append(value)
+        return (sum(values) / len(values) if values else None), values, ""
+
+    def seed_ignored(self, artifact_dirs: list[Path]) -> str:
+        """A reason when runs with different seeds saved nearly the same model, by the evaluator's fingerprint.json
+        (for gpt, a fixed sample of the weights): honest seeds start from different random weights, so their models
+        differ by far more than the few steps of timing jitter between two runs of one seed."""
+        spread = _closest_pair(artifact_dirs)
+        if spread is not None and spread < self.spec.same_model_distance:
+            return (f"runs with different AUTORESEARCH_SEED saved nearly the same model (fingerprint distance {spread:.2g} < "
+                    f"{self.spec.same_model_distance:g}): train.py ignores the seed, so a lucky seed cannot be ruled out")
+        return ""
+
+
+def _closest_pair(artifact_dirs: list[Path]) -> float | None:
+    """The smallest relative distance between the fingerprint.json of any two runs, or None without two of them."""
+    prints = []
+    for d in artifact_dirs:
+        try:
+            prints.append([float(v) for v in json.loads((Path(d) / "fingerprint.json").read_text())])
+        except (OSError, ValueError, TypeError):
+            return None
+    closest = None
+    for a, b in itertools.combinations(prints, 2):
+        if len(a) != len(b) or not a:
+            return None
+        scale = (math.sqrt(sum(x * x for x in a)) + math.sqrt(sum(y * y for y in b))) / 2 or 1.0
+        distance = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b))) / scale
+        closest = distance if closest is None else min(closest, distance)
+    return closest
