@@ -96,7 +96,7 @@ def build_runner(root: Path, budget: float, echo) -> tuple[TimedRunner, TimedExe
     spec = RunSpec(
         run_command=config.commands.run, metric=config.metric.name, maximize=config.metric.direction == "maximize",
         budget_seconds=budget, limit_seconds=budget * config.budget.timeout_factor + config.budget.grace_seconds,
-        startup_allowance=config.budget.startup_allowance_seconds, evaluate_command=config.commands.evaluate,
+        startup_allowance=config.budget.resolve_allowance(cuda=False), evaluate_command=config.commands.evaluate,
         test_command=config.commands.test, test_metric=config.metric.test_name)  # the seed check is not run here
     box = config.sandbox
     sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, echo)

@@ -79,7 +79,7 @@ def gpt_workspace(tmp_path, cache, monkeypatch, sandbox: str, seeds: int = 2):
     assert subprocess.run([sys.executable, "-m", "autoresearch", "init", str(ws)], capture_output=True).returncode == 0
     toml = (ws / "autoresearch.toml").read_text()
     for old, new in (('seeds = "auto"', f"seeds = {seeds}"), ("grace_seconds = 120", "grace_seconds = 60"),
-                     ("startup_allowance_seconds = 90", "startup_allowance_seconds = 25"),
+                     ('startup_allowance_seconds = "auto"', "startup_allowance_seconds = 25"),
                      ('mode = "auto"', f'mode = "{sandbox}"')):
         assert old in toml, old
         toml = toml.replace(old, new)
@@ -139,12 +139,21 @@ def test_a_hard_coded_lucky_seed_is_caught_when_its_runs_are_compared(tmp_path, 
 
 def test_without_a_sandbox_swapped_validation_data_is_caught_and_stops_the_session(tmp_path, private_cache, monkeypatch):
     ws = gpt_workspace(tmp_path, private_cache, monkeypatch, sandbox="none", seeds=1)
+    unsaved = ("forget to export the model", [('os.path.join(ARTIFACTS, "model.pt2")', 'os.path.join(ARTIFACTS, "elsewhere.pt2")')])
+    untraceable = ("branch on a tensor value", [("        T = idx.size(1)\n", "        T = idx.size(1)\n        if idx.sum() > 0:\n"
+                                                                         "            idx = idx.flip(0).flip(0)\n")])
     swap = [c for c in CHEATS if c[0] == "swap the validation data"]
     messages = []
-    run_session(ws, tag="t", agent=Edits(swap + CHEATS), budget=1, max_experiments=5, echo=messages.append)
+    run_session(ws, tag="t", agent=Edits([unsaved, untraceable] + swap + CHEATS), budget=1, max_experiments=5,
+                echo=messages.append)
     records = journal_rows(ws)
-    assert [r["description"] for r in records] == ["baseline", "swap the validation data"]  # then it stopped
-    assert records[1]["status"] == "invalid"
-    assert records[1]["reason"].startswith("held-out or evaluation data changed during the run: ")
-    assert str(private_cache / "kjv" / "val" / "data.parquet") in records[1]["reason"]
+    assert [r["description"] for r in records] == ["baseline", "forget to export the model", "branch on a tensor value",
+                                                   "swap the validation data"]  # then it stopped
+    # A model the evaluator cannot load is a crash whose reason tells the agent what to save, and how.
+    assert records[1]["status"] == "crash" and "the evaluator failed 2 times" in records[1]["reason"]
+    assert "no model.pt2 from train.py: save the trained model with torch.export.save(" in records[1]["reason"]
+    assert records[2]["status"] == "crash" and "The model must trace with torch.export" in records[2]["log_tail"]
+    assert records[3]["status"] == "invalid"
+    assert records[3]["reason"].startswith("held-out or evaluation data changed during the run: ")
+    assert str(private_cache / "kjv" / "val" / "data.parquet") in records[3]["reason"]
     assert any(m.startswith("Stopping: a run changed held-out or evaluation data") for m in messages), messages

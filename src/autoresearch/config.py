@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError
 
 from autoresearch import UsageError
 
@@ -42,13 +42,21 @@ class Budget(_Strict):
     seconds: Literal["auto"] | float = "auto"
     timeout_factor: float = Field(2.0, ge=1.0)
     grace_seconds: float = Field(120.0, ge=0.0)
-    startup_allowance_seconds: float = Field(90.0, ge=0.0)  # a run longer than seconds + this is invalid
+    # A run longer than seconds + this is invalid. It covers imports, compilation and export, and is also the
+    # most a run could train past its budget unseen; "auto": 90 on CUDA (torch.compile), 45 elsewhere.
+    startup_allowance_seconds: Literal["auto"] | NonNegativeFloat = "auto"
 
     def resolve_seconds(self, cuda: bool) -> float:
         """Training seconds per experiment: the configured number, or 300 on CUDA and 60 elsewhere."""
         if self.seconds == "auto":
             return 300.0 if cuda else 60.0
         return float(self.seconds)
+
+    def resolve_allowance(self, cuda: bool) -> float:
+        """Start-up seconds a run may take on top of its budget: the configured number, or 90 on CUDA, 45 elsewhere."""
+        if self.startup_allowance_seconds == "auto":
+            return 90.0 if cuda else 45.0
+        return float(self.startup_allowance_seconds)
 
 
 class Price(_Strict):

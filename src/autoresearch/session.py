@@ -75,7 +75,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     spec = RunSpec(
         run_command=config.commands.run, metric=config.metric.name, maximize=settings.maximize, budget_seconds=seconds,
         limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds,
-        startup_allowance=config.budget.startup_allowance_seconds, evaluate_command=config.commands.evaluate,
+        startup_allowance=config.budget.resolve_allowance(device == "cuda"), evaluate_command=config.commands.evaluate,
         test_command=config.commands.test, test_metric=config.metric.test_name,
         same_model_distance=config.decide.same_model_distance)
     ledger = Ledger(root, branch, config.metric.name)

@@ -272,7 +272,13 @@ if ARTIFACTS:  # under the harness: the locked evaluator scores this graph (no P
     t_export = time.time()
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = torch.zeros((2, MAX_SEQ_LEN), dtype=torch.long, device=DEVICE)
-    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), os.path.join(ARTIFACTS, "model.pt2"))
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as exc:  # the harness's evaluator can score only an exported graph
+        print(f"export failed: {type(exc).__name__}: {exc}\nThe model must trace with torch.export: forward(tokens) -> logits "
+              "(batch, seq, vocab), no Python branching on tensor values, any batch size (see torch.export's docs).")
+        raise SystemExit(1)
+    torch.export.save(program, os.path.join(ARTIFACTS, "model.pt2"))
     print(f"exported model.pt2 in {time.time() - t_export:.1f}s")
 else:  # a manual run: score it here (the harness hides the validation split from this process)
     with autocast:
