@@ -150,6 +150,7 @@ EVAL_TASK = textwrap.dedent('''\
 
 EVALUATOR = textwrap.dedent('''\
     """The locked evaluator: scores the saved weights on held-out data the training script never saw."""
+    import json
     import os
 
     import numpy as np
@@ -157,8 +158,12 @@ EVALUATOR = textwrap.dedent('''\
     w = np.load(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "w.npy"))
     x = np.random.default_rng(1).normal(size=(256, 3))
     y = x @ np.array([1.0, -2.0, 0.5])
+    score = -float(np.mean((x @ w - y) ** 2))
+    assert not os.path.exists("metrics.json")  # a fresh folder each time
+    with open("metrics.json", "w") as f:  # what the harness reads; the block below is for people (and made 1000 higher
+        json.dump({"score": score}, f)  # here only to show that metrics.json wins)
     print("---")
-    print(f"score: {-float(np.mean((x @ w - y) ** 2)):.6f}")
+    print(f"score: {score + 1000:.6f}")
 ''')
 
 
@@ -176,7 +181,7 @@ def test_with_an_evaluator_the_metric_is_never_what_the_run_prints(tmp_path):
     forged = lambda c: Proposal("print a better score", {"train.py": c.files["train.py"].replace("-999.0", "999.0")})
     run_session(root, tag="t", agent=Salts(0, [better, broken, forged]), max_experiments=3, echo=lambda *_: None)
     records = rows(root)
-    assert all(r["metric"] is None or r["metric"] <= 0 for r in records)  # never a printed ±999
+    assert all(r["metric"] is None or r["metric"] <= 0 for r in records)  # never a printed ±999, nor the +1000
     assert [r["status"] for r in records] == ["keep", "keep", "crash", "invalid"]
     assert records[2]["reason"].startswith("the evaluator failed 2 times (exit code 1)")  # retried on the saved artifacts
     assert records[3]["reason"].startswith("forged metric: the run printed score 999")

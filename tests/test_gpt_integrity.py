@@ -99,6 +99,7 @@ def private_cache(kjv_cache, tmp_path):
 
 
 @pytest.mark.skipif(not bubblewrap_works(), reason="needs bubblewrap (apt-get install bubblewrap)")
+@pytest.mark.timeout(600)  # 13 experiments, about 170 s on 2 quiet cores
 def test_no_cheat_is_kept_and_an_honest_improvement_is(tmp_path, private_cache, monkeypatch):
     ws = gpt_workspace(tmp_path, private_cache, monkeypatch, sandbox="bwrap")
     seed_only = ("change the seed only", [("torch.manual_seed(SEED)", "torch.manual_seed(SEED + 1)")])

@@ -169,7 +169,8 @@ class Runner:
         return target
 
     def evaluate(self, command: str, seed: int, artifacts: Path, log: Path) -> tuple[str | None, str, dict]:
-        """Run a locked evaluator on a run's artifacts, retried once if it crashes: (failure, reason, summary)."""
+        """Run a locked evaluator on a run's artifacts, retried once if it crashes: (failure, reason, summary).
+        Its results are the `metrics.json` it writes in its working folder, else its printed summary block."""
         for attempt in range(1, EVALUATION_ATTEMPTS + 1):
             where = self.fresh_evaluator_dir()
             wrapped = command
@@ -179,9 +180,10 @@ class Runner:
             if out.interrupted:
                 raise KeyboardInterrupt
             if out.returncode == 0 and not out.timed_out:
-                if isinstance(out.summary.get("invalid"), str):
-                    return "invalid", out.summary["invalid"], out.summary
-                return None, "", out.summary
+                summary = {**out.summary, **_read_metrics(where / "metrics.json")}
+                if isinstance(summary.get("invalid"), str):
+                    return "invalid", summary["invalid"], summary
+                return None, "", summary
             failed = "timed out" if out.timed_out else f"exit code {out.returncode}"
             log = log.with_name(log.stem + f"-retry{attempt}.log")
         return "crash", f"the evaluator failed {EVALUATION_ATTEMPTS} times ({failed}): {_last_line(out.log_tail)}", {}
@@ -207,6 +209,18 @@ class Runner:
             return (f"runs with different AUTORESEARCH_SEED saved nearly the same model (fingerprint distance {spread:.2g} < "
                     f"{self.spec.same_model_distance:g}): train.py ignores the seed, so a lucky seed cannot be ruled out")
         return ""
+
+
+def _read_metrics(path: Path) -> dict:
+    """An evaluator's metrics.json (numbers, or an `invalid` reason), written in its own fresh folder; {} if none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in data.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
 def _closest_pair(artifact_dirs: list[Path]) -> float | None:

@@ -3,7 +3,8 @@
 The harness runs it after every training run with AUTORESEARCH_ARTIFACTS pointing at that run's folder; the
 metric is what this prints, never what train.py printed. It loads model.pt2 (a torch.export graph: no Python
 from train.py runs here), checks that the model is causal (changing later tokens must leave earlier logits
-unchanged), and computes val_bpb with evaluate_bpb from prepare.py on the pinned validation split. It also
+unchanged), and computes val_bpb with evaluate_bpb from prepare.py on the pinned validation split, written
+to metrics.json in its working folder (a fresh copy of the commit made by the harness) and printed. It also
 writes fingerprint.json, a fixed sample of the model's weights, so the harness can tell whether runs with
 different seeds trained different models. With --split test (kept candidates only) it prints test_bpb
 on the hidden test split, which training never reads.
@@ -86,17 +87,21 @@ def main(argv=None) -> None:
             json.dump(fingerprint(model), f)
     print("---")
     if leak > CAUSALITY_TOLERANCE:
-        print(f"invalid: the model looks ahead: earlier logits moved by {leak:.4g} when only later tokens changed")
+        reason = f"the model looks ahead: earlier logits moved by {leak:.4g} when only later tokens changed"
+        with open("metrics.json", "w") as f:
+            json.dump({"invalid": reason, "causality_max_diff": leak}, f)
+        print(f"invalid: {reason}")
         return
     try:
         bpb = evaluate_bpb(model, tokenizer, EVAL_BATCH_SIZE, device=device, split=split)
     except Exception as exc:
         fail(f"the exported model failed on the {split} batches ({type(exc).__name__}: {exc})")
-    print(f"{split}_bpb: {bpb:.6f}")
-    print(f"causality_max_diff: {leak:.3g}")
-    print(f"load_seconds: {t1 - t0:.3f}")
-    print(f"probe_seconds: {t2 - t1:.3f}")
-    print(f"score_seconds: {time.time() - t2:.3f}")
+    metrics = {f"{split}_bpb": bpb, "causality_max_diff": leak, "load_seconds": t1 - t0, "probe_seconds": t2 - t1,
+               "score_seconds": time.time() - t2}
+    with open("metrics.json", "w") as f:  # in the evaluator's own fresh folder, where training never wrote
+        json.dump(metrics, f)
+    for key, value in metrics.items():
+        print(f"{key}: {value:.6f}" if key.endswith("_bpb") else f"{key}: {value:.3g}")
 
 
 if __name__ == "__main__":
