@@ -40,7 +40,7 @@ from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR
 from autoresearch.process import command_env
 from autoresearch.runner import Runner, RunSpec
-from autoresearch.sandbox import expand_glob, make_sandbox, resolve_protected
+from autoresearch.sandbox import make_sandbox, resolve_protected
 from autoresearch.summary import parse_summary
 from autoresearch.workspace import Workspace, init_workspace
 
@@ -99,9 +99,7 @@ def build_runner(root: Path, budget: float, echo) -> tuple[TimedRunner, TimedExe
         startup_allowance=config.budget.resolve_allowance(cuda=False), evaluate_command=config.commands.evaluate,
         test_command=config.commands.test, test_metric=config.metric.test_name)  # the seed check is not run here
     box = config.sandbox
-    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, echo)
-    if sandbox:
-        sandbox.writable = [p for g in box.writable for p in expand_glob(g)]
+    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, box.writable, echo)
     protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
     echo(f"sandbox: {'bubblewrap' if sandbox else 'none'}; {len(protected.hidden)} hidden, {len(protected.all())} watched; "
          f"budget {budget:g}s, killed at {spec.limit_seconds:g}s")

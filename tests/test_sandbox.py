@@ -93,3 +93,14 @@ def test_a_val_gain_the_test_split_does_not_share_is_flagged():
     assert list(flags) == [4]  # row 2's gain held on test; row 4 gained 0.1 on val and 0.01 on test
     assert flags[4].startswith("val gained 0.1 but the hidden test split +0.01")
     assert flag_test_disagreements(rows, maximize=False, sigma=0.05, k=2.0) == {}  # within noise
+
+
+@needs_bwrap
+def test_folders_named_writable_in_the_config_can_be_written(tmp_path, monkeypatch):
+    (tmp_path / "hf-cache").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.setenv("CACHE_ROOT", str(tmp_path))
+    box = make_sandbox("bwrap", tmp_path / "state", writable=["$CACHE_ROOT/hf-*"])
+    done = sh(box.wrap(f"echo a > {tmp_path}/hf-cache/f && echo b > {tmp_path}/other/f", [("rw", tmp_path / "ws")]), tmp_path)
+    assert (tmp_path / "hf-cache" / "f").read_text() == "a\n"
+    assert done.returncode != 0 and "Read-only file system" in done.stderr and not (tmp_path / "other" / "f").exists()

@@ -115,12 +115,13 @@ class Bubblewrap:
         return shlex.join(args) + " -- sh -c " + shlex.quote(command)
 
 
-def make_sandbox(mode: str, state_dir: Path, network: bool = False, echo=print) -> Bubblewrap | None:
-    """The sandbox for `mode`: 'bwrap' (required), 'none', or 'auto' (bwrap when it works here, else none)."""
+def make_sandbox(mode: str, state_dir: Path, network: bool = False, writable: list[str] = (), echo=print) -> Bubblewrap | None:
+    """The sandbox for `mode`: 'bwrap' (required), 'none', or 'auto' (bwrap when it works here, else none).
+    `writable`: globs of folders outside the workspace that the run may write."""
     if mode == "none":
         return None
     if bubblewrap_works():
-        return Bubblewrap(state_dir, network)
+        return Bubblewrap(state_dir, network, [p for pattern in writable for p in expand_glob(pattern)])
     if mode == "bwrap":
         raise UsageError(f"sandbox.mode is 'bwrap' but bubblewrap cannot run here; {INSTALL_HINT}, or set mode = \"auto\"")
     echo(f"Sandbox: none (bubblewrap not available; {INSTALL_HINT}). Training can read held-out data; "

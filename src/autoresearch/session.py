@@ -16,7 +16,7 @@ from autoresearch.ledger import STATE_DIR, Ledger
 from autoresearch.loop import Loop, Settings
 from autoresearch.process import run_streaming
 from autoresearch.runner import Runner, RunSpec
-from autoresearch.sandbox import expand_glob, make_sandbox, resolve_protected
+from autoresearch.sandbox import make_sandbox, resolve_protected
 from autoresearch.workspace import Workspace
 
 
@@ -82,9 +82,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, killed at {spec.limit_seconds:g}s | "
          f"{settings.metric} ({config.metric.direction}) | {settings.seeds} seed(s), keep beyond {config.decide.threshold_sigmas:g}σ")
     box = config.sandbox
-    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, echo)
-    if sandbox:
-        sandbox.writable = [p for g in box.writable for p in expand_glob(g)]
+    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, box.writable, echo)
     protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
     echo(f"Sandbox: {'bubblewrap' if sandbox else 'none'}; {len(protected.hidden)} held-out path(s) hidden from training, "
          f"{len(protected.all())} watched for changes")
