@@ -376,3 +376,17 @@ def test_an_agent_that_keeps_failing_stops_the_loop_early(tmp_path):
     run_session(root, tag="t", agent=agent, max_experiments=10, echo=lines.append)
     assert agent.calls == 5
     assert any("401 Unauthorized" in line for line in lines)
+
+
+def test_a_journal_written_before_the_test_split_columns_is_resumed(tmp_path):
+    root = make_task(tmp_path / "ws")
+    run(root, ScriptedAgent(edit("LR = 0.1", "LR = 0.2")), 1)
+    db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")  # as an older version wrote it
+    db.execute("ALTER TABLE experiments DROP COLUMN test_metric")
+    db.execute("ALTER TABLE experiments DROP COLUMN test_values_json")
+    db.commit()
+    db.close()
+    run(root, ScriptedAgent(edit("LR = 0.2", "LR = 0.3")), 1)
+    records = rows(root)
+    assert [r["status"] for r in records][:2] == ["keep", "keep"] and records[2]["status"] in ("keep", "discard")
+    assert records[1]["test_metric"] is None  # this task has no test command

@@ -157,10 +157,9 @@ class Runner:
                     f"{evaluated:.6g} on the model it saved; only the evaluator's number counts")
         return ""
 
-    def fresh_evaluator_dir(self) -> Path:
+    def fresh_evaluator_dir(self, target: Path) -> Path:
         """The committed files only, in a new folder: nothing the run left in the workspace (a shadowing module,
         stale bytecode, a rewritten file) reaches the evaluator."""
-        target = self.ws.root / STATE_DIR / "evaluator"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         archive = self.ws.git_bytes("archive", "--format=tar", "HEAD")
@@ -172,15 +171,16 @@ class Runner:
         """Run a locked evaluator on a run's artifacts, retried once if it crashes: (failure, reason, summary).
         Its results are the `metrics.json` it writes in its working folder, else its printed summary block."""
         for attempt in range(1, EVALUATION_ATTEMPTS + 1):
-            where = self.fresh_evaluator_dir()
+            where = self.fresh_evaluator_dir(artifacts.parent / f"evaluator-{artifacts.name}")
             wrapped = command
             if self.sandbox:  # its own TMPDIR, inside the fresh folder: nothing a training run left there reaches it
                 wrapped = self.sandbox.wrap(command, [("rw", where), ("rw", artifacts)], tmp=where / ".tmp")
             out = self.executor.run(where, wrapped, self._env(seed, artifacts), self.spec.limit_seconds, log)
             if out.interrupted:
                 raise KeyboardInterrupt
+            summary = {**out.summary, **_read_metrics(where / "metrics.json")}
+            shutil.rmtree(where, ignore_errors=True)  # a copy of the commit: nothing in it is needed again
             if out.returncode == 0 and not out.timed_out:
-                summary = {**out.summary, **_read_metrics(where / "metrics.json")}
                 if isinstance(summary.get("invalid"), str):
                     return "invalid", summary["invalid"], summary
                 return None, "", summary
