@@ -49,7 +49,7 @@ def test_the_run_has_no_network_unless_allowed(tmp_path):
 
 def test_a_sandbox_that_cannot_run_is_a_clear_error_or_a_warning(tmp_path, monkeypatch):
     monkeypatch.setattr("autoresearch.sandbox.bubblewrap_works", lambda: False)
-    with pytest.raises(UsageError, match="sandbox.mode is 'bwrap' but bubblewrap cannot run here; install bubblewrap"):
+    with pytest.raises(UsageError, match="sandbox.mode is 'bwrap' but bubblewrap cannot run here; it is Linux-only: apt-get install bubblewrap"):
         make_sandbox("bwrap", tmp_path)
     said = []
     assert make_sandbox("auto", tmp_path, echo=said.append) is None

@@ -14,7 +14,7 @@ from pathlib import Path
 from autoresearch import UsageError
 from autoresearch.process import command_env
 
-INSTALL_HINT = "install bubblewrap (apt-get install bubblewrap; dnf install bubblewrap)"
+INSTALL_HINT = "it is Linux-only: apt-get install bubblewrap, or dnf install bubblewrap"
 
 
 @dataclass
