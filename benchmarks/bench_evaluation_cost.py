@@ -1,9 +1,8 @@
 """What the locked evaluation costs per experiment, as a share of the experiment's wall time, through the real Runner.
 
 Builds a throw-away `gpt` workspace (`init_workspace(dir, "gpt")`, then `python prepare.py` on the embedded corpus,
-with the data cache the environment gives: AUTORESEARCH_CACHE or ~/.cache/autoresearch), wires a `Runner` exactly
-as `run_session` does (RunSpec from the config, `make_sandbox`, `resolve_protected`, `LocalExecutor`, `Workspace`
-with the config's editable/locked lists), and for each repetition (seeds 1, 2, ...):
+with the data cache the environment gives: AUTORESEARCH_CACHE or ~/.cache/autoresearch), wires a `Runner` with
+`run_session`'s own `build_runner` (RunSpec from the config, the sandbox, the protected paths), and for each repetition (seeds 1, 2, ...):
 
 - `runner.train(seed, log)`: the sandboxed training process (timed by the harness: `run.out.wall_seconds`; its
   printed `exported model.pt2 in X.Xs` is the export), then the harness's checks, a fresh `git archive` copy of
@@ -39,10 +38,11 @@ from autoresearch.config import load_config
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR
 from autoresearch.process import command_env
-from autoresearch.runner import Runner, RunSpec
-from autoresearch.sandbox import make_sandbox, resolve_protected
+from autoresearch.runner import Runner
+from autoresearch.session import build_runner as build_runner_for_session
+from autoresearch.session import open_workspace
 from autoresearch.summary import parse_summary
-from autoresearch.workspace import Workspace, init_workspace
+from autoresearch.workspace import init_workspace
 
 HERE = Path(__file__).resolve().parent
 TARGET_SHARE = 0.15
@@ -89,22 +89,11 @@ class Tee:
 
 
 def build_runner(root: Path, budget: float, echo) -> tuple[TimedRunner, TimedExecutor]:
-    """As src/autoresearch/session.py wires it, with the budget given."""
+    """As `run_session` wires it (src/autoresearch/session.py), with the budget given and timing subclasses."""
     config = load_config(root)
-    locked = list(dict.fromkeys(config.locked + ["autoresearch.toml"]))
-    ws = Workspace(root, config.editable, locked)
-    spec = RunSpec(
-        run_command=config.commands.run, metric=config.metric.name, maximize=config.metric.direction == "maximize",
-        budget_seconds=budget, limit_seconds=budget * config.budget.timeout_factor + config.budget.grace_seconds,
-        startup_allowance=config.budget.resolve_allowance(cuda=False), evaluate_command=config.commands.evaluate,
-        test_command=config.commands.test, test_metric=config.metric.test_name)  # the seed check is not run here
-    box = config.sandbox
-    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, box.writable, echo)
-    protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
-    echo(f"sandbox: {'bubblewrap' if sandbox else 'none'}; {len(protected.hidden)} hidden, {len(protected.all())} watched; "
-         f"budget {budget:g}s, killed at {spec.limit_seconds:g}s")
     executor = TimedExecutor()
-    runner = TimedRunner(ws, executor, spec, sandbox, protected)
+    runner = build_runner_for_session(root, config, open_workspace(root, config), budget, "cpu", echo, executor, TimedRunner)
+    echo(f"budget {budget:g}s, killed at {runner.spec.limit_seconds:g}s")
     runner.archive_seconds = []
     return runner, executor
 

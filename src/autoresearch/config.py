@@ -52,6 +52,10 @@ class Budget(_Strict):
             return 300.0 if cuda else 60.0
         return float(self.seconds)
 
+    def kill_after(self, seconds: float) -> float:
+        """When the harness kills a run with this training budget: seconds × timeout_factor + grace_seconds."""
+        return seconds * self.timeout_factor + self.grace_seconds
+
     def resolve_allowance(self, cuda: bool) -> float:
         """Start-up seconds a run may take on top of its budget: the configured number, or 90 on CUDA, 45 elsewhere."""
         if self.startup_allowance_seconds == "auto":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from autoresearch import UsageError
 from autoresearch.agents import make_agent
-from autoresearch.config import load_config
+from autoresearch.config import Config, load_config
 from autoresearch.decide import NoiseAware
 from autoresearch.device import detect_device
 from autoresearch.executors.local import LocalExecutor
@@ -30,6 +30,28 @@ def prepare_workspace(root: Path, echo=print) -> None:
     code, _ = run_streaming(config.commands.setup, Path(root), echo=echo)
     if code != 0:
         raise UsageError(f"the setup step `{config.commands.setup}` failed with exit code {code}")
+
+
+def open_workspace(root: Path, config: Config) -> Workspace:
+    """The workspace's git checks, with autoresearch.toml always locked: the protocol itself."""
+    return Workspace(root, config.editable, list(dict.fromkeys(config.locked + ["autoresearch.toml"])))
+
+
+def build_runner(root: Path, config: Config, ws: Workspace, seconds: float, device: str, echo=print,
+                 executor=None, runner_class=Runner) -> Runner:
+    """The Runner for this workspace: its commands and limits, the sandbox, and the paths it hides and watches."""
+    spec = RunSpec(
+        run_command=config.commands.run, metric=config.metric.name, maximize=config.metric.direction == "maximize",
+        budget_seconds=seconds, limit_seconds=config.budget.kill_after(seconds),
+        startup_allowance=config.budget.resolve_allowance(device == "cuda"), evaluate_command=config.commands.evaluate,
+        test_command=config.commands.test, test_metric=config.metric.test_name,
+        same_model_distance=config.decide.same_model_distance)
+    box = config.sandbox
+    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, box.writable, echo)
+    protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
+    echo(f"Sandbox: {'bubblewrap' if sandbox else 'none'}; {len(protected.hidden)} held-out path(s) hidden from training, "
+         f"{len(protected.all())} watched for changes")
+    return runner_class(ws, executor or LocalExecutor(), spec, sandbox, protected)
 
 
 def default_tag() -> str:
@@ -59,8 +81,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     """
     root = Path(root).resolve()
     config = load_config(root)
-    locked = list(dict.fromkeys(config.locked + ["autoresearch.toml"]))  # the protocol itself is always locked
-    ws = Workspace(root, config.editable, locked)
+    ws = open_workspace(root, config)
     agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
     if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
         agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root)
@@ -72,22 +93,13 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         maximize=config.metric.direction == "maximize", seed=seed, device=device, max_experiments=max_experiments,
         max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit,
         seeds=config.decide.resolve_seeds(device == "cuda"))
-    spec = RunSpec(
-        run_command=config.commands.run, metric=config.metric.name, maximize=settings.maximize, budget_seconds=seconds,
-        limit_seconds=seconds * config.budget.timeout_factor + config.budget.grace_seconds,
-        startup_allowance=config.budget.resolve_allowance(device == "cuda"), evaluate_command=config.commands.evaluate,
-        test_command=config.commands.test, test_metric=config.metric.test_name,
-        same_model_distance=config.decide.same_model_distance)
     ledger = Ledger(root, branch, config.metric.name)
-    echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, killed at {spec.limit_seconds:g}s | "
+    echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, "
+         f"killed at {config.budget.kill_after(seconds):g}s | "
          f"{settings.metric} ({config.metric.direction}) | {settings.seeds} seed(s), keep beyond {config.decide.threshold_sigmas:g}σ")
-    box = config.sandbox
-    sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, box.writable, echo)
-    protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
-    echo(f"Sandbox: {'bubblewrap' if sandbox else 'none'}; {len(protected.hidden)} held-out path(s) hidden from training, "
-         f"{len(protected.all())} watched for changes")
+    runner = build_runner(root, config, ws, seconds, device, echo)
     decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
-    loop = Loop(ws, ledger, agent, Runner(ws, LocalExecutor(), spec, sandbox, protected), decider, settings, echo)
+    loop = Loop(ws, ledger, agent, runner, decider, settings, echo)
     if remeasure:
         loop.remeasure()
     else:
@@ -104,7 +116,7 @@ def open_ledger(root: Path, tag: str | None) -> tuple[Ledger, bool]:
     if tag:
         branch = f"autoresearch/{tag}"
     else:
-        current = Workspace(root, config.editable, config.locked).branch()
+        current = open_workspace(root, config).branch()
         branch = current
         if not current.startswith("autoresearch/"):
             db = sqlite3.connect(root / STATE_DIR / "journal.sqlite")
