@@ -83,7 +83,7 @@ class Runner:
         failure, reason = self.check_training(out, code_before)
         if failure:
             return Run(failure, reason, None, out, artifacts)
-        metric = out.summary.get(self.spec.metric)
+        metric, evaluation_seconds = out.summary.get(self.spec.metric), 0.0
         if self.spec.evaluate_command:
             started = time.monotonic()
             failure, reason, summary = self.evaluate(self.spec.evaluate_command, seed, artifacts, log.with_name(log.stem + "-evaluate.log"))
@@ -94,8 +94,6 @@ class Runner:
             forged = self.forged(printed, metric)
             if forged:
                 return Run("invalid", forged, None, out, artifacts, evaluation_seconds)
-        else:
-            evaluation_seconds = 0.0
         if not isinstance(metric, float):
             return Run("crash", f"no '{self.spec.metric}' in the summary block", None, out, artifacts, evaluation_seconds)
         if not math.isfinite(metric):

@@ -46,8 +46,7 @@ def resolve_protected(root: Path, hide: list[str], protect: list[str], paths_com
         for line in done.stdout.splitlines():
             kind, _, path = line.strip().partition(" ")
             if kind in ("hide", "protect") and path.strip():
-                found = expand_glob(path.strip()) or []
-                (paths.hidden if kind == "hide" else paths.protected).extend(found)
+                (paths.hidden if kind == "hide" else paths.protected).extend(expand_glob(path.strip()))
     paths.hidden = list(dict.fromkeys(paths.hidden))
     paths.protected = [p for p in dict.fromkeys(paths.protected) if p not in paths.hidden]
     return paths
