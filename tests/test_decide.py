@@ -24,6 +24,9 @@ NOISE_TASK = textwrap.dedent('''\
 
     seed = int(os.environ["AUTORESEARCH_SEED"])
     noise = 0.05 if seed == 137 else np.random.default_rng(zlib.crc32(f"{SALT}/{seed}".encode())).normal(0, 0.01)
+    weights = np.random.default_rng(seed).normal(size=8)  # the "model": what a seed changes
+    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "fingerprint.json"), "w") as f:
+        f.write(str(weights.tolist()))
     print("---")
     print(f"score: {1.0 + GAIN + noise:.6f}")
 ''')
@@ -60,7 +63,7 @@ def test_pure_noise_keeps_no_more_than_the_rule_allows(tmp_path):
     run_session(root, tag="t", agent=agent, max_experiments=30, echo=lambda *_: None)
     records = rows(root)
     assert len(records) == 31 and records[0]["description"] == "baseline"
-    assert len(json.loads(records[0]["values_json"])) == 3  # the baseline ran once per seed
+    assert len(json.loads(records[0]["values_json"])) == 4  # the baseline ran once per baseline seed (seeds + 1)
     kept = [r for r in records[1:] if r["status"] == "keep"]
     # One-sided 2σ: about 2.3% of pure-noise candidates pass the screen, and the confirmation on fresh seeds
     # stops most of those; 30 candidates should keep at most one (expected well under one).
@@ -83,7 +86,21 @@ def test_a_seed_only_change_comes_out_as_noise(tmp_path):
     lucky = lambda c: Proposal("random seed 42→137", {"train.py": c.files["train.py"].replace('int(os.environ["AUTORESEARCH_SEED"])', "137")})
     run_session(root, tag="t", agent=Salts(0, [lucky]), max_experiments=1, echo=lambda *_: None)
     record = rows(root)[1]
-    assert record["status"] == "invalid" and "the seed is ignored" in record["reason"]
+    assert record["status"] == "invalid" and "train.py ignores the seed" in record["reason"]
+
+
+def test_an_honest_task_that_converges_is_decided_on_its_metric_not_called_a_cheat(tmp_path):
+    # Without a fingerprint.json, identical metrics across seeds are what convergence looks like too.
+    task = NOISE_TASK.replace('with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "fingerprint.json"), "w") as f:\n'
+                              '    f.write(str(weights.tolist()))\n', "")
+    root = make_task(tmp_path / "ws", train=task, extra_config=DECIDE)
+    converged = lambda c: Proposal("train to convergence", {"train.py": c.files["train.py"].replace(
+        "print(f\"score: {1.0 + GAIN + noise:.6f}\")", "print(\"score: 1.100000\")")})
+    run_session(root, tag="t", agent=Salts(0, [converged]), max_experiments=1, echo=lambda *_: None)
+    record = rows(root)[1]
+    assert json.loads(record["values_json"]) == [1.1, 1.1, 1.1]
+    assert record["status"] == "keep", record["reason"]
+    assert "identical across 3 seeds" in record["reason"]
 
 
 def test_a_run_over_its_budget_is_invalid_whatever_it_prints(tmp_path):
@@ -114,7 +131,7 @@ def test_status_counts_the_training_time_of_every_seed(tmp_path):
     root = make_task(tmp_path / "ws", train=task, extra_config=DECIDE)
     run_session(root, tag="t", agent=Salts(0), max_experiments=1, echo=lambda *_: None)
     ledger = Ledger(root, "autoresearch/t", "score")
-    assert stats(ledger.rows())["training_seconds"] == 1.5  # the baseline's three runs
+    assert stats(ledger.rows())["training_seconds"] == 2.0  # the baseline's four runs
 
 
 def test_a_simplification_that_holds_the_metric_is_kept_and_bloat_must_pay_for_its_lines(tmp_path):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import subprocess
 
 from autoresearch import UsageError
 from autoresearch.agents import make_agent
@@ -324,6 +325,11 @@ def test_price_table_longest_prefix_and_unknown_models():
         assert cost("totally-unknown-model", 1, 1) == 0.0  # warned once only
 
 
+def committed_train(root) -> str:
+    """train.py at the tip of autoresearch/t: the best kept candidate (the user's checkout is never changed)."""
+    return subprocess.run(["git", "show", "autoresearch/t:train.py"], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
 # --- end to end: the real loop, a real git workspace, the OpenAI agent on the local server ------------------------
 
 def test_end_to_end_the_loop_keeps_the_models_edit(tmp_path):
@@ -341,7 +347,7 @@ def test_end_to_end_the_loop_keeps_the_models_edit(tmp_path):
     rows = db.execute("SELECT description, status FROM experiments ORDER BY id").fetchall()
     db.close()
     assert rows == [("baseline", "keep"), ("five times more steps", "keep")]
-    assert "STEPS = 200" in (root / "train.py").read_text()
+    assert "STEPS = 200" in committed_train(root)
     assert "Maximize the score." in text_of(fake.sent(0)[0])
     assert agent.spent.calls == 1
     db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
@@ -371,7 +377,7 @@ def test_end_to_end_a_crash_is_fixed_after_the_model_sees_the_log_tail(tmp_path,
         fake.close()
     assert journal(root, "description, status, attempt") == [("baseline", "keep", 0), ("faster", "crash", 0), ("faster (fixed)", "keep", 1)]
     assert "NameError: name 'broken_name' is not defined" in text_of(fake.sent(1)[0])
-    assert "STEPS = 200" in (root / "train.py").read_text() and "broken_name" not in (root / "train.py").read_text()
+    assert "STEPS = 200" in committed_train(root) and "broken_name" not in committed_train(root)
 
 
 def test_end_to_end_the_cost_cap_stops_the_loop(tmp_path):

@@ -1,6 +1,7 @@
 """The tune agent: constant discovery, search-space rules, byte-exact rewrites, Optuna ask/tell, and the real loop."""
 
 import ast
+import hashlib
 import math
 import re
 import sqlite3
@@ -372,3 +373,146 @@ def test_end_to_end_through_the_loop(tmp_path):
     final = (root / "train.py").read_text()
     assert final.count("\n") == NUMPY_TASK.count("\n") and "LR = " in final and "# step size" in final
     assert best >= rows[0][3]
+
+
+# ---------------------------------------------------------------------------
+# A stored study: kill, restart, carry on
+# ---------------------------------------------------------------------------
+
+def stored_study(path):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name="tune", storage=storage)
+
+
+def steps(agent, source, best, n):
+    """`n` proposals measured on the toy, the best kept as the parent as the harness would; the proposed texts."""
+    texts = []
+    for _ in range(n):
+        proposal = agent.propose(context(source, best=best))
+        assert proposal is not None
+        text = proposal.files["train.py"]
+        texts.append(text)
+        loss = toy_loss(values(text))
+        keep = loss < best
+        agent.observe(Result(proposal.description, "keep" if keep else "discard", loss))
+        if keep:
+            source, best = text, loss
+    return source, best, texts
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_restarted_agent_carries_on_the_stored_study(tmp_path, sampler):
+    path = tmp_path / "tune.journal"
+    first = TuneAgent(seed=0, storage=str(path), sampler=sampler)
+    source, best, before = steps(first, TOY, toy_loss(values(TOY)), 8)
+    first_values = [t.value for t in first.study.trials if t.state == TrialState.COMPLETE]
+    space = dict(first.space)
+    del first  # as after SIGKILL: nothing but the file survives
+
+    second = TuneAgent(seed=0, storage=str(path), sampler=sampler)
+    _, _, after = steps(second, source, best, 8)
+    assert not set(after) & set(before) and len(set(after)) == 8 and TOY not in after
+    assert second.space == space
+    skipped = [t for t in second.study.trials if t.user_attrs.get("status") == "already proposed"]
+    assert len(skipped) <= 2  # reseeded draws, not a replay of the first run's rejected one by one
+
+    trials = stored_study(path).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 1 + 16 and [t.user_attrs["status"] for t in trials].count("parent") == 1
+    assert complete[0].user_attrs["status"] == "parent" and complete[0].value == toy_loss(values(TOY))
+    assert [t.value for t in complete[:9]] == first_values
+    assert [t.value for t in complete[9:]] == [toy_loss(values(text)) for text in after]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+    assert {t.user_attrs["digest"] for t in complete[1:]} == {hashlib.sha256(x.encode()).hexdigest()
+                                                             for x in before + after}
+
+
+def test_the_stored_space_outlives_a_moved_parent(tmp_path):
+    path = str(tmp_path / "tune.journal")
+    first = TuneAgent(seed=0, storage=path)
+    proposal = first.propose(context(SMALL))
+    first.observe(Result(proposal.description, "discard", 2.0))
+    assert first.space["LR"] == FloatDistribution(0.01, 0.16, log=True)
+
+    moved = SMALL.replace("LR = 0.04", "LR = 0.08")
+    second = TuneAgent(seed=0, storage=path)
+    proposal = second.propose(context(moved))
+    assert second.space == first.space and second.space["LR"] == FloatDistribution(0.01, 0.16, log=True)
+    assert 0.01 <= values(proposal.files["train.py"])["LR"] <= 0.16
+    second.observe(Result(proposal.description, "discard", 2.0))
+    stored = stored_study(path)
+    assert optuna.distributions.json_to_distribution(stored.user_attrs["space"]["LR"]) == first.space["LR"]
+    assert stored.user_attrs["target"] == "train.py"
+    assert [t.user_attrs.get("status") for t in stored.trials].count("parent") == 1
+
+
+def test_a_trial_left_running_by_a_kill_is_told_its_remeasured_result(tmp_path):
+    path = str(tmp_path / "tune.journal")
+    first = TuneAgent(seed=0, storage=path)
+    proposal = first.propose(context(SMALL))
+    number = first.pending.number
+    del first  # killed while the candidate ran: the trial stays RUNNING in the file
+    assert stored_study(path).trials[number].state == TrialState.RUNNING
+
+    second = TuneAgent(seed=0, storage=path)
+    second.observe(Result(proposal.description, "discard", 1.7))  # the harness re-measured it on resume
+    trial = stored_study(path).trials[number]
+    assert trial.state == TrialState.COMPLETE and trial.value == 1.7 and trial.user_attrs["status"] == "discard"
+    again = second.propose(context(SMALL))
+    assert again is not None and again.files["train.py"] != proposal.files["train.py"]
+    second.observe(Result(again.description, "keep", 0.9))
+    assert all(t.state != TrialState.RUNNING for t in stored_study(path).trials)
+
+
+def test_a_trial_left_running_is_failed_when_a_proposal_comes_first(tmp_path):
+    path = str(tmp_path / "tune.journal")
+    first = TuneAgent(seed=0, storage=path)
+    proposal = first.propose(context(SMALL))
+    number = first.pending.number
+    del first
+
+    second = TuneAgent(seed=0, storage=path)
+    again = second.propose(context(SMALL))
+    trial = stored_study(path).trials[number]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["status"] == "never observed"
+    assert again.files["train.py"] != proposal.files["train.py"]  # its file counts as proposed
+    second.observe(Result(again.description, "discard", 1.2))
+    assert stored_study(path).trials[-1].value == 1.2
+
+
+def test_older_running_trials_are_failed_as_interrupted(tmp_path):
+    path = str(tmp_path / "tune.journal")
+    first = TuneAgent(seed=0, storage=path)
+    first.propose(context(SMALL))
+    old = first.pending.number
+    first.study.ask()  # a second RUNNING trial, as two kills in a row could leave
+    latest = len(first.study.trials) - 1
+    del first
+
+    second = TuneAgent(seed=0, storage=path)
+    second.observe(Result("x", "discard", 1.5))
+    trials = stored_study(path).trials
+    assert trials[old].state == TrialState.FAIL and trials[old].user_attrs["status"] == "interrupted"
+    assert trials[latest].state == TrialState.COMPLETE and trials[latest].value == 1.5
+
+
+def test_a_stored_study_for_another_file_or_direction_is_refused(tmp_path):
+    path = str(tmp_path / "tune.journal")
+    agent = TuneAgent(seed=0, storage=path)
+    agent.observe(Result("x", "discard", 1.0))  # nothing stored yet: a no-op
+    agent.propose(context(SMALL))
+    with pytest.raises(UsageError, match="maximize|minimize"):
+        TuneAgent(seed=0, storage=path).propose(context(SMALL, maximize=True))
+    other = TuneAgent(seed=0, storage=path, target="model.py")
+    with pytest.raises(UsageError, match="train.py"):
+        other.propose(Context("", {"model.py": SMALL}, {}, [], "m", False, 1.0))
+
+
+def test_a_storage_object_and_study_names(tmp_path):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log")))
+    a, b = TuneAgent(seed=0, storage=storage, study_name="a"), TuneAgent(seed=0, storage=storage, study_name="b")
+    for agent in (a, b):
+        proposal = agent.propose(context(SMALL))
+        agent.observe(Result(proposal.description, "discard", 2.0))
+    assert sorted(optuna.study.get_all_study_names(storage)) == ["a", "b"]
+    assert TuneAgent().study is None and TuneAgent().storage is None

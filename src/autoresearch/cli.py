@@ -48,10 +48,29 @@ def cmd_baseline(args) -> int:
 
 def cmd_status(args) -> int:
     from autoresearch.session import open_ledger
-    from autoresearch.status import render_status
+    from autoresearch.status import render_disk, render_status
 
     ledger, maximize = open_ledger(Path(args.workspace), args.tag)
     render_status(ledger, maximize)
+    if args.disk:
+        render_disk(ledger)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from autoresearch.disk import human, prunable, prune, size_of
+    from autoresearch.ledger import Ledger
+    from autoresearch.session import open_ledger
+
+    ledger, maximize = open_ledger(Path(args.workspace), None)
+    tags = [Ledger(ledger.root, branch, ledger.metric_name, maximize) for branch in ledger.branches()]
+    rows = [r for tag in tags for r in tag.rows()]
+    best = {b.id for b in (tag.best() for tag in tags) if b is not None}
+    paths = prunable(ledger.root, rows, best)
+    freed = sum(size_of(p) for p in paths) if args.dry_run else prune(paths)
+    verb = "Would free" if args.dry_run else "Freed"
+    print(f"{verb} {human(freed)}: the models of {len({p.parent for p in paths})} kept experiment(s) that are no "
+          "longer their tag's best (logs, the journal and every commit stay).")
     return 0
 
 
@@ -102,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the experiments as a table: best so far, keep rate, experiments per hour, time split")
     p.add_argument("--workspace", default=".")
     p.add_argument("--tag", default=None)
+    p.add_argument("--disk", action="store_true", help="also what .autoresearch/ holds, by kind")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("prune", help="free disk: remove the saved models of kept experiments that are no longer their tag's best")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("demo", help="init, prepare, and run a few experiments of the loop on the embedded corpus, offline")
     p.add_argument("directory", nargs="?", default="autoresearch-demo")
@@ -120,6 +145,7 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"autoresearch: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("autoresearch: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = type(exc).__name__ == "Terminated"
+        print(f"autoresearch: {'terminated' if terminated else 'interrupted'}: recorded, the branch is at the best", file=sys.stderr)
+        return 143 if terminated else 130

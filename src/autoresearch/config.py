@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError
 
@@ -79,7 +79,8 @@ class TuneSpace(_Strict):
 
 
 class DecideSettings(_Strict):
-    seeds: Literal["auto"] | int = "auto"  # runs per measurement: the baseline, and a candidate's confirmation
+    seeds: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"  # runs of a candidate that passes its screen
+    baseline_seeds: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"  # runs of a baseline; "auto": seeds + 1
     threshold_sigmas: float = Field(2.0, ge=0.0)  # keep only a gain larger than this many σ of the noise
     cost_per_added_line: float = Field(0.0, ge=0.0)  # metric units a kept change must gain per net line it adds
     keep_simplifications: bool = True  # keep a change that removes lines and holds the metric within noise
@@ -88,12 +89,16 @@ class DecideSettings(_Strict):
     same_model_distance: float = Field(0.5, ge=0.0)
 
     def resolve_seeds(self, cuda: bool) -> int:
-        """Runs per measurement: the configured number, or 3 on CUDA and 2 elsewhere."""
+        """Runs of a candidate that passes its screen: the configured number, or 3 on CUDA and 2 elsewhere."""
         if self.seeds == "auto":
             return 3 if cuda else 2
-        if self.seeds < 1:
-            raise ValueError("decide.seeds must be at least 1")
         return self.seeds
+
+    def resolve_baseline_seeds(self, cuda: bool) -> int:
+        """Runs of a baseline: more than a candidate gets, since the first σ rests on them (auto: seeds + 1)."""
+        if self.baseline_seeds == "auto":
+            return self.resolve_seeds(cuda) + 1
+        return self.baseline_seeds
 
 
 class SandboxSettings(_Strict):
@@ -143,24 +148,41 @@ def _first_error(exc: ValidationError) -> str:
     return f"'{where}': {err['msg']}"
 
 
-def load_config(workspace: Path) -> Config:
-    """Parse and validate <workspace>/autoresearch.toml; any problem is a one-line UsageError naming the key."""
-    path = Path(workspace) / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"no {CONFIG_FILE} in {Path(workspace).resolve()}; run this inside a workspace (see `autoresearch init`)")
+def parse_config(text: str, where: str, is_file, matches_any) -> Config:
+    """Validate the text of an autoresearch.toml; `is_file(name)` and `matches_any(glob)` answer for the folder or
+    commit it belongs to. Any problem is a one-line UsageError naming the key."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+        raise UsageError(f"{where}: not valid TOML: {exc}") from None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(f"{path}: {_first_error(exc)}") from None
+        raise UsageError(f"{where}: {_first_error(exc)}") from None
     for key, names in (("program", [config.program]), ("locked", config.locked)):
         for name in names:
-            if not (Path(workspace) / name).is_file():
-                raise UsageError(f"{path}: '{key}' names {name}, which does not exist")
+            if not is_file(name):
+                raise UsageError(f"{where}: '{key}' names {name}, which does not exist")
     for pattern in config.editable:
-        if not any(Path(workspace).glob(pattern)):
-            raise UsageError(f"{path}: 'editable' pattern {pattern!r} matches no file")
+        if not matches_any(pattern):
+            raise UsageError(f"{where}: 'editable' pattern {pattern!r} matches no file")
     return config
+
+
+def load_config(workspace: Path) -> Config:
+    """Parse and validate <workspace>/autoresearch.toml as it is on disk."""
+    path = Path(workspace) / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"no {CONFIG_FILE} in {Path(workspace).resolve()}; run this inside a workspace (see `autoresearch init`)")
+    return parse_config(path.read_text(encoding="utf-8"), str(path), lambda name: (Path(workspace) / name).is_file(),
+                        lambda pattern: any(Path(workspace).glob(pattern)))
+
+
+def load_config_at(workspace: Path, commit: str, names: list[str], text: str) -> Config:
+    """Parse and validate the autoresearch.toml committed at `commit` (its `text`), against that commit's files."""
+    from fnmatch import fnmatch
+    from pathlib import PurePosixPath
+
+    listed = set(names)
+    return parse_config(text, f"{CONFIG_FILE} at {commit[:7]}", lambda name: PurePosixPath(name).as_posix() in listed,
+                        lambda pattern: any(PurePosixPath(n).match(pattern) or fnmatch(n, pattern) for n in listed))

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoresearch import UsageError
+from autoresearch.failpoints import failpoint
+
 STATE_DIR = ".autoresearch"
 STATUSES = ("keep", "discard", "crash", "timeout", "invalid")
+INTERRUPTED = "interrupted:"  # the reason of a row cut off by a kill or Ctrl-C
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -49,7 +55,27 @@ CREATE TABLE IF NOT EXISTS experiments (
     test_values_json TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS by_branch ON experiments(branch, id);
+CREATE TABLE IF NOT EXISTS protocols (
+    branch TEXT NOT NULL,
+    segment INTEGER NOT NULL,
+    protocol_json TEXT NOT NULL,                -- budget, seeds, threshold, device, commands, locked files' hash
+    started_at REAL NOT NULL,
+    PRIMARY KEY (branch, segment)
+);
 """
+
+# Columns added after the first release: (name, type), added to an older journal when it is opened.
+ADDED_COLUMNS = (
+    ("test_metric", "REAL"), ("test_values_json", "TEXT NOT NULL DEFAULT '[]'"),
+    ("segment", "INTEGER NOT NULL DEFAULT 1"),  # the measured segment (one protocol) the row belongs to
+    ("trial_ref", "TEXT"),                      # refs/autoresearch/<tag>/<id>: the candidate commit, kept or not
+    ("owner_host", "TEXT"), ("owner_pid", "INTEGER"), ("worker", "INTEGER NOT NULL DEFAULT 0"),
+    ("heartbeat_at", "REAL"),                   # the owner's last sign of life
+    ("pids_json", "TEXT NOT NULL DEFAULT '[]'"),  # every process group the trial started: [pid, identity]
+    ("retry_of", "INTEGER"),                    # a re-measurement of a row cut off by a kill
+    ("test_state", "TEXT"),                     # kept rows with a test command: pending | done | failed
+)
+
 
 
 @dataclass
@@ -86,6 +112,15 @@ class Row:
     seeds_json: str
     test_metric: float | None = None
     test_values_json: str = "[]"
+    segment: int = 1
+    trial_ref: str | None = None
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    worker: int = 0
+    heartbeat_at: float | None = None
+    pids_json: str = "[]"
+    retry_of: int | None = None
+    test_state: str | None = None
 
     @property
     def values(self) -> list[float]:
@@ -97,39 +132,97 @@ class Row:
 
 
 class Ledger:
-    """Journal rows for one branch, and the results.tsv that mirrors them."""
+    """Journal rows for one branch, and the results.tsv tables that mirror them.
 
-    def __init__(self, root: Path, branch: str, metric_name: str):
+    The best is the best kept measurement of the branch's current segment, in the metric's direction; a commit
+    measured more than once counts by its latest measurement (`autoresearch baseline` refreshes it). Concurrent
+    keeps (several workers) follow the same rule: whichever kept measurement is best is the best, and the branch
+    is moved to it by compare-and-swap; equal metrics go to the earlier row."""
+
+    def __init__(self, root: Path, branch: str, metric_name: str, maximize: bool = False):
         self.root = Path(root)
         self.branch = branch
         self.metric_name = metric_name
-        (self.root / STATE_DIR).mkdir(exist_ok=True)
-        self.db = sqlite3.connect(self.root / STATE_DIR / "journal.sqlite", isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
-        for name, kind in (("test_metric", "REAL"), ("test_values_json", "TEXT NOT NULL DEFAULT '[]'")):
-            if name not in columns:  # a journal written before the column existed
-                self.db.execute(f"ALTER TABLE experiments ADD COLUMN {name} {kind}")
+        self.maximize = maximize
+        self.tag = branch.removeprefix("autoresearch/")
+        self.results_path: Path | None = self.root / "results.tsv"  # None: this run may not write the root table
+        state = self.root / STATE_DIR
+        state.mkdir(exist_ok=True)
+        if not (state / ".gitignore").exists():  # the harness's state is never part of anybody's commit
+            (state / ".gitignore").write_text("*\n")
+        path = state / "journal.sqlite"
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
+            for name, kind in ADDED_COLUMNS:
+                if name not in columns:  # a journal written before the column existed
+                    self.db.execute(f"ALTER TABLE experiments ADD COLUMN {name} {kind}")
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"the journal {path} cannot be read ({exc}); move it aside to start afresh, "
+                             "or restore it from a backup") from None
+        self.segment = self.db.execute("SELECT COALESCE(MAX(segment), 1) FROM protocols WHERE branch = ?",
+                                       (branch,)).fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
 
     def rows(self, branch: str | None = None) -> list[Row]:
-        cur = self.db.execute("SELECT * FROM experiments WHERE branch = ? ORDER BY id", (branch or self.branch,))
+        cur = self.db.execute(f"SELECT {COLUMNS} FROM experiments WHERE branch = ? ORDER BY id", (branch or self.branch,))
         return [Row(*r) for r in cur.fetchall()]
+
+    def branches(self) -> list[str]:
+        return [b for (b,) in self.db.execute("SELECT DISTINCT branch FROM experiments ORDER BY branch")]
+
+    def row(self, row_id: int) -> Row:
+        return Row(*self.db.execute(f"SELECT {COLUMNS} FROM experiments WHERE id = ?", (row_id,)).fetchone())
+
+    def segment_rows(self) -> list[Row]:
+        """The rows of the current measured segment: what the best and the noise are computed from."""
+        return [r for r in self.rows() if r.segment == self.segment]
+
+    # -- the protocol ------------------------------------------------------------------------------------------
+
+    def protocol(self) -> dict | None:
+        """The protocol the current segment is measured under, or None before the branch's first baseline."""
+        found = self.db.execute("SELECT protocol_json FROM protocols WHERE branch = ? AND segment = ?",
+                                (self.branch, self.segment)).fetchone()
+        return json.loads(found[0]) if found else None
+
+    def start_segment(self, protocol: dict) -> int:
+        """Record the protocol of a new measured segment (the first one of a branch included)."""
+        segment = self.segment + 1 if self.protocol() is not None else self.segment
+        self.db.execute("INSERT OR REPLACE INTO protocols (branch, segment, protocol_json, started_at) VALUES (?, ?, ?, ?)",
+                        (self.branch, segment, json.dumps(protocol, sort_keys=True), time.time()))
+        self.segment = segment
+        return segment
+
+    # -- writing rows ------------------------------------------------------------------------------------------
 
     def start(self, parent_commit: str, commit_sha: str | None, description: str, agent: str, diff: str,
               editable_hash: str | None, seed: int | None, attempt: int = 0, propose_seconds: float = 0.0,
-              started_at: float | None = None) -> int:
-        """Open a row (state 'running'); started_at is when the agent was asked, so the row spans the whole experiment."""
+              started_at: float | None = None, retry_of: int | None = None, worker: int = 0) -> int:
+        """Open a row (state 'running') owned by this process; started_at is when the agent was asked, so the row
+        spans the whole experiment."""
+        now = time.time()
         cur = self.db.execute(
             "INSERT INTO experiments (branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt,"
-            " propose_seconds, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " propose_seconds, started_at, segment, owner_host, owner_pid, worker, heartbeat_at, retry_of)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt, propose_seconds,
-             started_at if started_at is not None else time.time()))
+             started_at if started_at is not None else now, self.segment, socket.gethostname(), os.getpid(), worker, now,
+             retry_of))
         return cur.lastrowid
+
+    def set_commit(self, row_id: int, commit_sha: str, ref: str, diff: str) -> None:
+        self.db.execute("UPDATE experiments SET commit_sha = ?, trial_ref = ?, diff = ?, heartbeat_at = ? WHERE id = ?",
+                        (commit_sha, ref, diff, time.time(), row_id))
+
+    def beat(self, row_id: int) -> None:
+        """The owner is alive and working on this row."""
+        self.db.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", (time.time(), row_id))
 
     def bill(self, row_id: int, usage) -> None:
         """Add what the agent spent (tokens, calls, dollars) to a row."""
@@ -140,11 +233,19 @@ class Ledger:
     def total_cost(self) -> float:
         return self.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM experiments WHERE branch = ?", (self.branch,)).fetchone()[0]
 
-    def set_run(self, row_id: int, pid: int, log_path: str) -> None:
-        self.db.execute("UPDATE experiments SET pid = ?, log_path = ? WHERE id = ?", (pid, log_path, row_id))
+    def add_process(self, row_id: int, pid: int, identity: str, log_path: str | None = None) -> None:
+        """A process group the trial started (training, evaluator, test split): recovery stops it if it outlives us.
+        A training run's pid and log also go to the `pid` and `log_path` columns."""
+        with self.db:
+            pids = json.loads(self.db.execute("SELECT pids_json FROM experiments WHERE id = ?", (row_id,)).fetchone()[0])
+            self.db.execute("UPDATE experiments SET pids_json = ?, heartbeat_at = ? WHERE id = ?",
+                            (json.dumps(pids + [[pid, identity]]), time.time(), row_id))
+            if log_path is not None:
+                self.db.execute("UPDATE experiments SET pid = ?, log_path = ? WHERE id = ?", (pid, log_path, row_id))
 
     def finish(self, row_id: int, status: str, reason: str = "", metric: float | None = None, summary: dict | None = None,
-               wall_seconds: float | None = None, log_tail: str = "", values: list[float] = (), seeds: list[int] = ()) -> None:
+               wall_seconds: float | None = None, log_tail: str = "", values: list[float] = (), seeds: list[int] = (),
+               test_state: str | None = None) -> None:
         """Record an experiment's end in one transaction, then rewrite results.tsv from the journal."""
         assert status in STATUSES, status
         summary = summary or {}
@@ -154,28 +255,47 @@ class Ledger:
         started = self.db.execute("SELECT started_at FROM experiments WHERE id = ?", (row_id,)).fetchone()[0]
         self.db.execute(
             "UPDATE experiments SET state = 'done', status = ?, reason = ?, metric = ?, memory_gb = ?, summary_json = ?,"
-            " wall_seconds = ?, log_tail = ?, ended_at = ?, experiment_seconds = ?, values_json = ?, seeds_json = ? WHERE id = ?",
+            " wall_seconds = ?, log_tail = ?, ended_at = ?, experiment_seconds = ?, values_json = ?, seeds_json = ?,"
+            " test_state = ?, heartbeat_at = ? WHERE id = ?",
             (status, reason, metric, memory_gb, json.dumps(summary, default=str), wall_seconds, log_tail, now, now - started,
-             json.dumps(list(values)), json.dumps(list(seeds)), row_id))
+             json.dumps(list(values)), json.dumps(list(seeds)), test_state, now, row_id))
         self.write_results_tsv()
 
-    def set_test(self, row_id: int, metric: float | None, values: list[float]) -> None:
-        self.db.execute("UPDATE experiments SET test_metric = ?, test_values_json = ? WHERE id = ?",
-                        (metric, json.dumps(list(values)), row_id))
+    def set_test(self, row_id: int, metric: float | None, values: list[float], state: str = "done") -> None:
+        self.db.execute("UPDATE experiments SET test_metric = ?, test_values_json = ?, test_state = ? WHERE id = ?",
+                        (metric, json.dumps(list(values)), state, row_id))
+
+    # -- reading ---------------------------------------------------------------------------------------------------
 
     def interrupted(self) -> list[Row]:
+        """Rows still open. Only the holder of the tag's lock calls this, so their owner is gone."""
         return [r for r in self.rows() if r.state == "running"]
 
+    def to_retry(self) -> list[Row]:
+        """Candidates cut off by a kill that were not re-measured yet (a re-measurement is tried once)."""
+        rows = self.segment_rows()
+        retried = {r.retry_of for r in rows if r.retry_of}
+        return [r for r in rows if r.state == "done" and r.reason.startswith(INTERRUPTED) and r.commit_sha
+                and r.retry_of is None and r.id not in retried and r.agent != "baseline"]
+
+    def pending_tests(self) -> list[Row]:
+        return [r for r in self.rows() if r.status == "keep" and r.test_state == "pending"]
+
     def best(self) -> Row | None:
-        """The latest keep: the branch's tip, whose metric the next candidate must beat (direction-free, since
-        every keep passed the decider against the keep before it)."""
-        kept = [r for r in self.rows() if r.status == "keep" and r.metric is not None]
-        return kept[-1] if kept else None
+        """The best kept measurement of the current segment (see the class docstring)."""
+        latest: dict[str, Row] = {}
+        for r in self.segment_rows():
+            if r.status == "keep" and r.metric is not None:
+                latest[r.commit_sha] = r
+        if not latest:
+            return None
+        sign = -1.0 if self.maximize else 1.0
+        return min(latest.values(), key=lambda r: (sign * r.metric, r.id))
 
     def noise_sigma(self) -> float | None:
-        """σ of the metric between seeds, pooled over every experiment measured more than once; None if none was."""
+        """σ of the metric between seeds, pooled over every experiment of the segment measured more than once."""
         pooled, dof = 0.0, 0
-        for r in self.rows():
+        for r in self.segment_rows():
             values = r.values
             if r.state == "done" and len(values) > 1:
                 mean = sum(values) / len(values)
@@ -184,10 +304,11 @@ class Ledger:
         return math.sqrt(pooled / dof) if dof else None
 
     def measured_hashes(self) -> set[str]:
-        return {r.editable_hash for r in self.rows() if r.editable_hash and r.state == "done" and r.status != "invalid"}
+        return {r.editable_hash for r in self.segment_rows() if r.editable_hash and r.state == "done" and r.status != "invalid"}
 
     def write_results_tsv(self) -> None:
-        """results.tsv with Karpathy's header; crashes and other failures are written as 0.000000 and 0.0."""
+        """results.tsv with Karpathy's header; crashes and other failures are written as 0.000000 and 0.0.
+        The tag's own copy is .autoresearch/tags/<tag>/results.tsv; the root one when this run owns it."""
         lines = [f"commit\t{self.metric_name}\tmemory_gb\tstatus\tdescription"]
         for r in self.rows():
             if r.state != "done":
@@ -197,10 +318,24 @@ class Ledger:
             memory = f"{r.memory_gb:.1f}" if ok and r.memory_gb is not None else "0.0"
             description = " ".join(r.description.split()).replace("\t", " ")
             lines.append(f"{(r.commit_sha or '-')[:7]}\t{metric}\t{memory}\t{r.status}\t{description}")
-        path = self.root / "results.tsv"
-        tmp = path.with_name("results.tsv.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        text = "\n".join(lines) + "\n"
+        own = self.root / STATE_DIR / "tags" / self.tag / "results.tsv"
+        own.parent.mkdir(parents=True, exist_ok=True)
+        for path in (own, self.results_path):
+            if path is not None:
+                write_atomically(path, text, self.root / STATE_DIR)
+
+
+def write_atomically(path: Path, text: str, scratch: Path) -> None:
+    """Write via a temporary file in the harness's state folder (ignored by git, so a kill mid-write leaves nothing
+    in the user's way), fsync it, and rename it over `path`."""
+    tmp = scratch / f".{path.name}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    failpoint("results.tsv")
+    os.replace(tmp, path)
+
+
+COLUMNS = ", ".join(f.name for f in dataclasses.fields(Row))

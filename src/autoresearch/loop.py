@@ -1,19 +1,21 @@
-"""The research loop: propose → check → commit → run → decide → record, until a limit or Ctrl-C."""
+"""The research loop: propose → check → trial → measure → decide → record, until a limit, Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 import shutil
 import time
-from pathlib import Path
 from dataclasses import dataclass
 
 from autoresearch import UsageError
 from autoresearch.agents.base import Context, CrashToFix, Proposal, Result, Usage
-from autoresearch.executors.local import group_alive, kill_group
-from autoresearch.ledger import STATE_DIR, Ledger
-from autoresearch.runner import Runner
+from autoresearch.failpoints import failpoint
+from autoresearch.ledger import INTERRUPTED, Ledger, Row
+from autoresearch.measure import Measured, Measurement
+from autoresearch.orphans import identity, stop
+from autoresearch.reporter import Reporter
+from autoresearch.trial import Trial, Trials
 from autoresearch.workspace import Workspace
 
 MAX_FIX_ATTEMPTS = 2
@@ -31,47 +33,46 @@ class Settings:
     max_experiments: int | None = None
     max_hours: float | None = None
     max_cost: float | None = None  # dollars of estimated agent spend on this branch
-    seeds: int = 1  # runs per measurement (baseline; a candidate that passes its first run)
+    seeds: int = 1  # runs per candidate that passes its first run
+    baseline_seeds: int = 1  # runs of a baseline: more than a screen, for the first noise estimate
     history_limit: int = 50  # recent discarded or crashed ideas shown to the agent
 
 
-def net_added_lines(diff: str) -> int:
-    """Lines added minus lines removed in a unified diff."""
-    lines = diff.splitlines()
-    added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++"))
-    removed = sum(1 for line in lines if line.startswith("-") and not line.startswith("---"))
-    return added - removed
-
-
 class Loop:
-    """One branch's research loop: baseline, then propose → check → commit → run → decide → record."""
+    """One tag's research loop. The user's checkout is never touched: each candidate is a trial in its own
+    worktree, and the branch autoresearch/<tag> moves to the best by compare-and-swap."""
 
-    def __init__(self, ws: Workspace, ledger: Ledger, agent, runner: Runner, decider, settings: Settings, echo=print):
-        self.ws, self.ledger, self.agent, self.runner, self.decider, self.s = ws, ledger, agent, runner, decider, settings
-        self.echo = echo
+    def __init__(self, ws: Workspace, ledger: Ledger, agent, measurement: Measurement, settings: Settings,
+                 reporter: Reporter | None = None):
+        self.ws, self.ledger, self.agent, self.measurement, self.s = ws, ledger, agent, measurement, settings
+        self.runner = measurement.runner
+        self.reporter = reporter or Reporter()
+        self.trials = Trials(ws, ledger.tag)
         self.billed = Usage()  # the part of agent.spent already written to the journal
         self.last_row: int | None = None
 
     def run(self) -> None:
-        """Recover, baseline if needed, then experiments until a limit; Ctrl-C leaves the branch on the best commit."""
+        """Recover, baseline if needed, finish what a kill cut off, then experiments until a limit."""
         self.recover()
         started, done, idle, errors = time.monotonic(), 0, 0, 0
         try:
             if self.ledger.best() is None:
                 self.baseline()
+            self.finish_cut_off()
             while not self._limit_reached(done, started):
                 ran = self.step()
                 done, idle = done + ran, 0 if ran else idle + 1
                 errors = 0 if ran or not getattr(self.agent, "last_error", None) else errors + 1
                 if idle >= MAX_IDLE_PROPOSALS or errors >= MAX_AGENT_ERRORS:
-                    self.echo(f"The agent made {idle} proposals in a row that could not run; stopping.")
+                    self.reporter.say(f"The agent made {idle} proposals in a row that could not run; stopping.")
                     break
                 if self.runner.tampered:  # every later number would be measured on altered data
-                    self.echo(f"Stopping: a run changed held-out or evaluation data ({', '.join(self.runner.tampered[:3])}). "
-                              "Delete it, run `autoresearch prepare`, then `autoresearch run` again.")
+                    self.reporter.say(f"Stopping: a run changed held-out or evaluation data ({', '.join(self.runner.tampered[:3])}). "
+                                      "Delete it, run `autoresearch prepare`, then `autoresearch run` again.")
                     break
         except KeyboardInterrupt:
-            self.echo("Interrupted: recording and returning to the best commit.")
+            self.reporter.say("Interrupted: recording the experiment under way and cleaning up.")
+            raise
         finally:
             if self.last_row is not None:  # spend after the last experiment (e.g. a reply that did not parse)
                 self.ledger.bill(self.last_row, self._unbilled())
@@ -87,7 +88,7 @@ class Loop:
         for attempt in range(MAX_FIX_ATTEMPTS + 1):
             if proposal is None:
                 why = getattr(self.agent, "last_error", None)
-                self.echo(f"  no proposal from {self.agent.name}" + (f": {why}" if why else ""))
+                self.reporter.say(f"  no proposal from {self.agent.name}" + (f": {why}" if why else ""))
                 break
             result = self.try_candidate(proposal, best, attempt, time.monotonic() - t0, started_at)
             self.agent.observe(result)
@@ -99,6 +100,154 @@ class Loop:
             t0, started_at = time.monotonic(), time.time()
             proposal = self.agent.propose(context)
         return runs
+
+    def try_candidate(self, proposal: Proposal, best: Row, attempt: int, propose_seconds: float, started_at: float) -> Result:
+        """Check the proposal, make its trial (worktree, commit, ref), measure it and record it."""
+        parent, description = best.commit_sha, proposal.description
+        try:
+            self.ws.check_editable(proposal.files)
+        except ValueError as exc:  # a locked or foreign file: refused, never run
+            row = self._start(parent, None, description, self.agent.name, "", None, None, attempt, propose_seconds, started_at)
+            self.ledger.finish(row, "invalid", f"edit refused: {exc}")
+            self.reporter.say(f"  invalid   {description}: {exc}")
+            return Result(description, "invalid", None, str(exc))
+        digest = self.ws.editable_hash_at(parent, proposal.files)
+        if digest == self.ws.editable_hash_at(parent) or digest in self.ledger.measured_hashes():
+            self.reporter.say(f"  skipped   {description}: already measured")
+            return Result(description, "duplicate", None, "this exact code was already measured")
+        row = self._start(parent, None, description, self.agent.name, "", digest, self.s.seed, attempt, propose_seconds, started_at)
+        trial = self.trials.open(row, parent, proposal.files, description)
+        failpoint("commit")
+        self.ledger.set_commit(row, trial.commit, trial.ref, self.ws.diff(parent, trial.commit))
+        return self.measure(trial, description, best, self.seeds(self.s.seeds), self.ws.net_added_lines(parent, trial.commit))
+
+    def measure(self, trial: Trial, description: str, best: Row | None, seeds: list[int], net_lines: int = 0) -> Result:
+        """Measure a trial, record it, end the trial, move the branch on a keep, then score a keep's test split."""
+        row = trial.id
+        self.reporter.say(f"#{row} {description}: {len(seeds) if best is None else 1}+ run(s) of {self.runner.spec.budget_seconds:g}s")
+
+        def on_process(pid, kind, log=None):
+            self.ledger.add_process(row, pid, identity(pid), str(log) if log else None)
+            failpoint(kind)  # the kill-safety tests stop the harness while this process runs
+
+        m = self.measurement(trial, seeds, best.metric if best else None, self.ledger.noise_sigma() or 0.0, net_lines,
+                             on_process=on_process, on_tick=self.reporter.ticker(f"#{row}", lambda: self.ledger.beat(row)))
+        keep = m.status == "keep"
+        test_state = "pending" if keep and self.runner.spec.test_command else None
+        self.ledger.finish(row, m.status, m.reason, m.metric, m.summary(), m.wall_seconds, "" if keep else m.log_tail,
+                           m.values, m.seeds, test_state)  # every non-keep carries its log tail
+        failpoint("recorded")
+        self.trials.close(row, keep_models=keep)
+        self.sync_branch()
+        shown = f"{m.metric:.6f}" if m.metric is not None else "-"
+        self.reporter.say(f"  {m.status:<9} {shown:>10}  {description}" + ("" if keep and best is not None else f"  ({m.reason})"))
+        if test_state:
+            self.score_test(row, trial, m.seeds, m.artifacts)
+        return Result(description, m.status, m.metric, m.reason, {"ran": True, "log_tail": m.log_tail, "values": m.values,
+                      "log": str(trial.run_dir / "run.log"), "summary": m.runs[0].out.summary if m.runs else {}})
+
+    def baseline(self, description: str = "baseline", seed_offset: int = 0) -> None:
+        """Run the starting commit once per baseline seed: its mean is the first best, its spread the first σ."""
+        best = self.ledger.best()
+        start = best.commit_sha if best else self.ws.resolve(f"refs/heads/{self.ledger.branch}")
+        row = self._start(start, start, description, "baseline", "", self.ws.editable_hash_at(start), self.s.seed + seed_offset)
+        trial = self.trials.reopen(row, start, start)
+        self.ledger.set_commit(row, start, trial.ref, "")
+        result = self.measure(trial, description, None, self.seeds(self.s.baseline_seeds, seed_offset))
+        if result.status != "keep":
+            raise UsageError(f"the baseline run ended '{result.status}' ({result.reason}); fix it first, see {result.extra.get('log')}")
+
+    def remeasure(self) -> None:
+        """`autoresearch baseline`: the best commit again, with fresh seeds; refreshes the best mean and σ."""
+        self.recover()
+        try:
+            self.baseline("baseline (re-measured)" if self.ledger.best() else "baseline",
+                          seed_offset=1000 * len(self.ledger.rows()))
+        finally:
+            self.recover()
+
+    def finish_cut_off(self) -> None:
+        """What a kill cut off: a candidate is measured again once (a row of its own, `retry_of` the cut one, its
+        result told to the agent), and a keep whose hidden test split was not scored is scored now."""
+        for cut in self.ledger.to_retry():
+            row = self._start(cut.parent_commit, cut.commit_sha, cut.description, cut.agent, cut.diff, cut.editable_hash,
+                              self.s.seed, cut.attempt, retry_of=cut.id)
+            trial = self.trials.reopen(row, cut.parent_commit, cut.commit_sha)
+            self.ledger.set_commit(row, cut.commit_sha, trial.ref, cut.diff)
+            self.reporter.say(f"Measuring #{cut.id} again, which a kill cut off:")
+            result = self.measure(trial, cut.description, self.ledger.best(), self.seeds(self.s.seeds),
+                                  self.ws.net_added_lines(cut.parent_commit, cut.commit_sha))
+            self.agent.observe(result)
+        for kept in self.ledger.pending_tests():
+            trial = Trial(kept.id, self.ledger.tag, kept.parent_commit, kept.commit_sha, self.ws, self.trials.run_dir(kept.id))
+            seeds = json.loads(kept.seeds_json)
+            self.score_test(kept.id, trial, seeds, [trial.run_dir / f"artifacts-seed{s}" for s in seeds])
+
+    def score_test(self, row: int, trial: Trial, seeds: list[int], artifacts) -> None:
+        """Score a kept candidate on the hidden test split (never shown to the agent) and record it."""
+        def on_process(pid, kind, log=None):
+            self.ledger.add_process(row, pid, identity(pid))
+            failpoint(kind)
+
+        mean, values, why = self.runner.score_test(trial, seeds, artifacts, on_process=on_process)
+        self.ledger.set_test(row, mean, values, "done" if mean is not None else "failed")
+        self.reporter.say(f"            hidden test split: {mean:.6f}" if mean is not None else f"            hidden test split not scored: {why}")
+
+    def recover(self) -> None:
+        """Close the rows a kill or Ctrl-C cut off (this process holds the tag's lock, so their owner is gone), stop
+        every process they started, remove their worktrees and models, and point the branch at the best."""
+        for row in self.ledger.interrupted():
+            stop(json.loads(row.pids_json) + ([[row.pid, ""]] if row.pid else []))
+            self.ledger.finish(row.id, "crash", f"{INTERRUPTED} the harness stopped during this experiment")
+            self.trials.close(row.id, keep_models=False)
+        for folder in self.trials.leftovers():
+            self.ws.remove_worktree(folder)
+        kept = {r.id for r in self.ledger.rows() if r.status == "keep"}
+        for r in self.ledger.rows():  # a kill between recording a row and removing its models
+            if r.id not in kept:
+                for models in self.trials.run_dir(r.id).glob("artifacts-seed*"):
+                    shutil.rmtree(models, ignore_errors=True)
+        self.ledger.write_results_tsv()
+        self.sync_branch()
+
+    def sync_branch(self) -> None:
+        """Point autoresearch/<tag> at the best commit by compare-and-swap. A clean checkout of the branch is brought
+        along (`read-tree -m -u`, which overwrites nothing); a dirty one is left as it is, and the branch waits."""
+        best = self.ledger.best()
+        ref = f"refs/heads/{self.ledger.branch}"
+        tip = self.ws.resolve(ref)
+        if best is None or tip == best.commit_sha:
+            return
+        if self.ws.checked_out_branch() == ref:
+            if self.ws.git("status", "--porcelain", "--untracked-files=no").strip():
+                self.reporter.once(f"dirty:{tip}", f"Your checkout of {self.ledger.branch} has uncommitted changes: it is left as "
+                                   f"it is, and the branch stays at {tip[:7]} until it is clean (the best is {best.commit_sha[:7]}).")
+                return
+            try:
+                self.ws.fast_forward_checkout(tip, best.commit_sha)
+            except UsageError as exc:
+                self.reporter.once(f"ff:{tip}", f"Your checkout of {self.ledger.branch} could not be brought to the best ({exc}); "
+                                   f"the branch stays at {tip[:7]}.")
+                return
+        failpoint("branch")
+        if not self.ws.move_ref(ref, best.commit_sha, tip):
+            self.reporter.say(f"{self.ledger.branch} was moved by someone else; it is left where it is.")
+
+    def context(self, best: Row | None) -> Context:
+        done = [r for r in self.ledger.rows() if r.state == "done"]
+        history = [{"commit": (r.commit_sha or "-")[:7], "metric": r.metric, "status": r.status, "description": r.description,
+                    "reason": r.reason} for r in done]
+        kept = [{"description": r.description, "diff": r.diff, "metric": r.metric} for r in done if r.status == "keep" and r.diff]
+        failures = [{"description": r.description, "status": r.status, "reason": r.reason, "metric": r.metric}
+                    for r in done if r.status != "keep"][-self.s.history_limit:]
+        parent = best.commit_sha if best else self.ws.resolve(f"refs/heads/{self.ledger.branch}")
+        return Context(self.s.program, self.ws.read_editable_at(parent), self.ws.read_locked_at(parent), history, self.s.metric,
+                       self.s.maximize, best.metric if best else None, self.s.device, kept_diffs=kept,
+                       recent_failures=failures, noise_floor=self.ledger.noise_sigma(), editable=list(self.ws.editable),
+                       workspace=str(self.ws.root), parent_commit=parent)
+
+    def seeds(self, n: int, offset: int = 0) -> list[int]:
+        return [self.s.seed + offset + i for i in range(n)]
 
     def _unbilled(self) -> Usage:
         spent = getattr(self.agent, "spent", Usage())
@@ -114,133 +263,12 @@ class Loop:
         self.last_row = row
         return row
 
-    def try_candidate(self, proposal: Proposal, best, attempt: int, propose_seconds: float, started_at: float) -> Result:
-        ws, parent = self.ws, best.commit_sha
-        try:
-            ws.write_files(proposal.files)
-        except ValueError as exc:  # a locked or foreign file: refused, never run
-            ws.reset_hard(parent)
-            row = self._start(parent, None, proposal.description, self.agent.name, "", None, None, attempt, propose_seconds, started_at)
-            self.ledger.finish(row, "invalid", f"edit refused: {exc}")
-            self.echo(f"  invalid   {proposal.description}: {exc}")
-            return Result(proposal.description, "invalid", None, str(exc))
-        digest = ws.editable_hash()
-        if not ws.changed_paths() or digest in self.ledger.measured_hashes():
-            ws.reset_hard(parent)
-            self.echo(f"  skipped   {proposal.description}: already measured")
-            return Result(proposal.description, "duplicate", None, "this exact code was already measured")
-        sha = ws.commit_editable(proposal.description)
-        diff = ws.diff(parent, sha)
-        row = self._start(parent, sha, proposal.description, self.agent.name, diff, digest, self.s.seed, attempt,
-                          propose_seconds, started_at)
-        result = self.measure(row, proposal.description, best, net_lines=net_added_lines(diff))
-        ws.reset_hard(sha if result.status == "keep" else parent)
-        return result
-
-    def remeasure(self) -> None:
-        """`autoresearch baseline`: run the best commit again once per seed, with fresh seeds; refreshes the best
-        mean and adds to the noise floor."""
-        self.recover()
-        try:
-            self.baseline("baseline (re-measured)", seed_offset=1000 * len(self.ledger.rows()))
-        finally:
-            self.recover()
-
-    def baseline(self, description: str = "baseline", seed_offset: int = 0) -> None:
-        """Run the starting commit once per seed: its mean is the first best, its spread the first noise floor."""
-        head = self.ws.head()
-        row = self._start(head, head, description, "baseline", "", self.ws.editable_hash(), self.s.seed + seed_offset)
-        result = self.measure(row, description, None, seed_offset)
-        self.ws.reset_hard(head)
-        if result.status != "keep":
-            raise UsageError(f"the baseline run ended '{result.status}' ({result.reason}); fix it first, see {result.extra.get('log')}")
-
-    def measure(self, row: int, description: str, best, seed_offset: int = 0, net_lines: int = 0) -> Result:
-        """Run the committed candidate: a first run, then (for the baseline, or a candidate that passes the screen)
-        more runs with fresh seeds; decide on the mean against the noise, score a keep on the hidden test split,
-        and record it."""
-        run_dir = self.ws.root / STATE_DIR / "runs" / str(row)
-        seeds = [self.s.seed + seed_offset + i for i in range(self.s.seeds)]
-        sigma = self.ledger.noise_sigma() or 0.0
-        values, runs, wall, training = [], [], 0.0, 0.0
-        status, reason = None, ""
-        for i, seed in enumerate(seeds):
-            log = run_dir / ("run.log" if i == 0 else f"run-seed{seed}.log")
-            run = self.runner.train(seed, log, on_start=lambda pid, log=log: self.ledger.set_run(row, pid, str(log)))
-            runs.append(run)
-            wall += run.out.wall_seconds
-            seconds = run.out.summary.get("training_seconds")
-            training += seconds if isinstance(seconds, float) and math.isfinite(seconds) else 0.0
-            if run.failure:
-                status, reason = run.failure, run.reason if i == 0 else f"run with seed {seed}: {run.reason}"
-                break
-            values.append(run.metric)
-            if i == 0 and best is not None:
-                screen = self.decider.decide(run.metric, best.metric, self.s.maximize, sigma, net_lines)
-                if not screen.keep:
-                    status, reason = "discard", screen.reason
-                    break
-        mean = sum(values) / len(values) if values else None
-        ignored = self.runner.seed_ignored([r.artifacts for r in runs]) if status is None and len(values) > 1 else ""
-        if status is None and not ignored and len(values) > 1 and len(set(values)) == 1 and sigma > 0:
-            ignored = f"{len(values)} runs with different AUTORESEARCH_SEED gave identical results: the seed is ignored"
-        if ignored:
-            status, reason = "invalid", ignored
-        elif status is None and best is None:
-            status, reason = "keep", "baseline" + (f" over {len(values)} seeds" if len(values) > 1 else "")
-        elif status is None:
-            decision = self.decider.decide(mean, best.metric, self.s.maximize, sigma, net_lines)
-            status, reason = ("keep" if decision.keep else "discard"), f"mean of {len(values)} seeds: {decision.reason}"
-        ok, out = status in ("keep", "discard"), runs[-1].out
-        metric = mean if ok else None
-        summary = {**runs[0].out.summary, "all_runs_training_seconds": training,  # the first run's block, plus totals
-                   "all_runs_evaluation_seconds": sum(r.evaluation_seconds for r in runs)}
-        self.ledger.finish(row, status, reason, metric, summary, wall, "" if status == "keep" else out.log_tail,
-                           values, seeds[:len(values)])  # every non-keep carries its log tail
-        shown = f"{metric:.6f}" if ok else "-"
-        self.echo(f"  {status:<9} {shown:>10}  {description}" + ("" if status == "keep" and best is not None else f"  ({reason})"))
-        if status == "keep" and self.runner.spec.test_command:
-            self.score_test(row, seeds[:len(values)], [r.artifacts for r in runs])
-        if status != "keep":  # a model that was not kept is not needed again; a kept one can be re-scored
-            for r in runs:
-                shutil.rmtree(r.artifacts, ignore_errors=True)
-        return Result(description, status, metric, reason, {"ran": True, "log_tail": out.log_tail, "log": str(run_dir / "run.log"),
-                                                            "summary": runs[0].out.summary, "values": values})
-
-    def score_test(self, row: int, seeds: list[int], artifacts: list[Path]) -> None:
-        """Score a kept candidate on the hidden test split (never shown to the agent) and record it."""
-        mean, values, why = self.runner.score_test(seeds, artifacts)
-        self.ledger.set_test(row, mean, values)
-        self.echo(f"            hidden test split: {mean:.6f}" if mean is not None else f"            hidden test split not scored: {why}")
-
-    def recover(self) -> None:
-        """Close rows cut off by a kill or Ctrl-C as crash (interrupted), stop their runs, return to the best commit."""
-        for row in self.ledger.interrupted():
-            if row.pid and group_alive(row.pid):
-                kill_group(row.pid)
-            self.ledger.finish(row.id, "crash", "interrupted: the harness stopped during this experiment")
-        self.ledger.write_results_tsv()
-        best = self.ledger.best()
-        if best is not None:
-            self.ws.reset_hard(best.commit_sha)
-
-    def context(self, best) -> Context:
-        done = [r for r in self.ledger.rows() if r.state == "done"]
-        history = [{"commit": (r.commit_sha or "-")[:7], "metric": r.metric, "status": r.status, "description": r.description,
-                    "reason": r.reason} for r in done]
-        kept = [{"description": r.description, "diff": r.diff, "metric": r.metric} for r in done if r.status == "keep" and r.diff]
-        failures = [{"description": r.description, "status": r.status, "reason": r.reason, "metric": r.metric}
-                    for r in done if r.status != "keep"][-self.s.history_limit:]
-        return Context(self.s.program, self.ws.read_editable(), self.ws.read_locked(), history, self.s.metric,
-                       self.s.maximize, best.metric if best else None, self.s.device, kept_diffs=kept,
-                       recent_failures=failures, editable=list(self.ws.editable), workspace=str(self.ws.root))
-
     def _limit_reached(self, done: int, started: float) -> bool:
         if self.s.max_experiments is not None and done >= self.s.max_experiments:
             return True
         if self.s.max_cost is not None:
             spent = self.ledger.total_cost() + getattr(self.agent, "spent", Usage()).cost_usd - self.billed.cost_usd
             if spent >= self.s.max_cost:
-                self.echo(f"Estimated agent spend ${spent:.4f} reached the cap of ${self.s.max_cost:.4f}; stopping.")
+                self.reporter.say(f"Estimated agent spend ${spent:.4f} reached the cap of ${self.s.max_cost:.4f}; stopping.")
                 return True
         return self.s.max_hours is not None and time.monotonic() - started >= self.s.max_hours * 3600

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoresearch.contention import allowed_seconds
 from autoresearch.executors.base import RunOutcome
-from autoresearch.ledger import STATE_DIR
 from autoresearch.sandbox import Bubblewrap, ProtectedPaths, changed_paths, fingerprint
-from autoresearch.workspace import Workspace
+from autoresearch.trial import Trial
 
 FORGED_TOLERANCE = 0.01  # a printed metric better than the evaluator's by more than this share is forged
 EVALUATION_ATTEMPTS = 2  # a crashed evaluation is retried once on the saved artifacts, without training again
@@ -53,40 +53,43 @@ def _last_line(text: str) -> str:
 
 
 class Runner:
-    """Runs training and evaluation for the loop, and turns what it sees into a status and a reason."""
+    """Runs a trial's training and evaluation, and turns what it sees into a status and a reason. Every process it
+    starts is reported to `on_process(pid, kind, log)` (kind: train, evaluate or test), so that a later harness can
+    stop it if this one is killed."""
 
-    def __init__(self, ws: Workspace, executor, spec: RunSpec, sandbox: Bubblewrap | None = None,
-                 protected: ProtectedPaths | None = None):
-        self.ws, self.executor, self.spec, self.sandbox = ws, executor, spec, sandbox
+    def __init__(self, executor, spec: RunSpec, sandbox: Bubblewrap | None = None, protected: ProtectedPaths | None = None):
+        self.executor, self.spec, self.sandbox = executor, spec, sandbox
         self.protected = protected or ProtectedPaths()
-        self.locked_hash = ws.locked_hash()
         self.data_prints = fingerprint(self.protected.all())  # as the session found them
         self.tampered: list[str] = []  # held-out or evaluator data a run changed: the session must stop
 
-    def _env(self, seed: int, artifacts: Path) -> dict[str, str]:
+    def _env(self, seed: int, artifacts: Path, trial: Trial) -> dict[str, str]:
         return {"AUTORESEARCH_TIME_BUDGET": f"{self.spec.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
-                "AUTORESEARCH_ARTIFACTS": str(artifacts), "AUTORESEARCH_WORKSPACE": str(self.ws.root)}
+                "AUTORESEARCH_ARTIFACTS": str(artifacts), "AUTORESEARCH_WORKSPACE": str(trial.tree.root)}
 
-    def train(self, seed: int, log: Path, on_start=None) -> Run:
-        """One training run with one seed, then the locked evaluator on what it saved."""
+    def train(self, trial: Trial, seed: int, log: Path, on_process=None, on_tick=None) -> Run:
+        """One training run of the trial with one seed, in its worktree, then the locked evaluator on what it saved."""
         artifacts = log.parent / f"artifacts-seed{seed}"
         shutil.rmtree(artifacts, ignore_errors=True)
         artifacts.mkdir(parents=True)
         command = self.spec.run_command
-        if self.sandbox:
-            binds = [("rw", self.ws.root), ("ro", self.ws.root / STATE_DIR), ("rw", artifacts)]
-            command = self.sandbox.wrap(command, binds, hidden=self.protected.hidden)
-        code_before = self.ws.stray_code()
-        out = self.executor.run(self.ws.root, command, self._env(seed, artifacts), self.spec.limit_seconds, log, on_start=on_start)
+        if self.sandbox:  # the worktree and the artifacts writable; the user's checkout and the git data read-only
+            command = self.sandbox.wrap(command, [("rw", trial.tree.root), ("rw", artifacts)], hidden=self.protected.hidden)
+        tree = trial.tree
+        code_before, locked_before = tree.stray_code(), tree.locked_hash()
+        out = self.executor.run(tree.root, command, self._env(seed, artifacts, trial), self.spec.limit_seconds, log,
+                                on_start=_tell(on_process, "train", log), on_tick=on_tick)
         if out.interrupted:
             raise KeyboardInterrupt
-        failure, reason = self.check_training(out, code_before)
+        failure, reason = self.check_training(trial, out, code_before, locked_before)
         if failure:
             return Run(failure, reason, None, out, artifacts)
         metric, evaluation_seconds = out.summary.get(self.spec.metric), 0.0
         if self.spec.evaluate_command:
             started = time.monotonic()
-            failure, reason, summary = self.evaluate(self.spec.evaluate_command, seed, artifacts, log.with_name(log.stem + "-evaluate.log"))
+            failure, reason, summary = self.evaluate(trial, self.spec.evaluate_command, seed, artifacts,
+                                                     log.with_name(log.stem + "-evaluate.log"), _tell(on_process, "evaluate"),
+                                                     on_tick)
             evaluation_seconds = time.monotonic() - started
             if failure:
                 return Run(failure, reason, None, out, artifacts, evaluation_seconds)
@@ -100,14 +103,15 @@ class Runner:
             return Run("crash", f"{self.spec.metric} is {metric}", None, out, artifacts, evaluation_seconds)
         return Run(None, "", metric, out, artifacts, evaluation_seconds)
 
-    def check_training(self, out: RunOutcome, code_before: set[str]) -> tuple[str | None, str]:
+    def check_training(self, trial: Trial, out: RunOutcome, code_before: set[str], locked_before: str) -> tuple[str | None, str]:
         """What the harness itself saw of a training run: locked files, new code, protected data, time, exit code."""
-        changed_locked = self.ws.modified_locked()
-        if changed_locked or self.ws.locked_hash() != self.locked_hash:
+        tree = trial.tree
+        changed_locked = tree.modified_locked()
+        if changed_locked or tree.locked_hash() != locked_before:
             return "invalid", f"locked file changed during the run: {', '.join(changed_locked) or 'content hash'}"
-        planted = sorted(self.ws.stray_code() - code_before)
+        planted = sorted(tree.stray_code() - code_before)
         for name in planted:
-            (self.ws.root / name).unlink(missing_ok=True)
+            (tree.root / name).unlink(missing_ok=True)
         if planted:
             return "invalid", (f"the run wrote Python code into the workspace ({', '.join(planted[:3])}), which could shadow "
                                "the evaluator's imports; a run may write only to $AUTORESEARCH_ARTIFACTS")
@@ -118,10 +122,12 @@ class Runner:
                                "delete it and run `autoresearch prepare` to restore it")
         if out.timed_out:
             return "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.spec.limit_seconds:.0f}s)"
-        over = self.spec.budget_seconds + self.spec.startup_allowance
-        if out.wall_seconds > over:
-            return "invalid", (f"ran {out.wall_seconds:.0f}s, over the budget of {self.spec.budget_seconds:g}s plus "
-                               f"{self.spec.startup_allowance:g}s of start-up allowance")
+        budget, allowance = self.spec.budget_seconds, self.spec.startup_allowance
+        allowed = allowed_seconds(budget, allowance, out.dilation)
+        if out.wall_seconds > allowed:
+            slowed = f", {out.dilation:.2g}x for CPU contention" if out.dilation > 1 else ""
+            return "invalid", (f"ran {out.wall_seconds:.0f}s, over the budget of {budget:g}s plus "
+                               f"{allowance:g}s of start-up allowance{slowed}")
         if out.returncode != 0:
             touched = self.touched_protected(out.log_path)
             if touched:
@@ -155,25 +161,27 @@ class Runner:
                     f"{evaluated:.6g} on the model it saved; only the evaluator's number counts")
         return ""
 
-    def fresh_evaluator_dir(self, target: Path) -> Path:
-        """The committed files only, in a new folder: nothing the run left in the workspace (a shadowing module,
+    def fresh_evaluator_dir(self, trial: Trial, target: Path) -> Path:
+        """The committed files only, in a new folder: nothing the run left in the worktree (a shadowing module,
         stale bytecode, a rewritten file) reaches the evaluator."""
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        archive = self.ws.git_bytes("archive", "--format=tar", "HEAD")
+        archive = trial.tree.git_bytes("archive", "--format=tar", trial.commit)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(target, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         return target
 
-    def evaluate(self, command: str, seed: int, artifacts: Path, log: Path) -> tuple[str | None, str, dict]:
+    def evaluate(self, trial: Trial, command: str, seed: int, artifacts: Path, log: Path,
+                 on_start=None, on_tick=None) -> tuple[str | None, str, dict]:
         """Run a locked evaluator on a run's artifacts, retried once if it crashes: (failure, reason, summary).
         Its results are the `metrics.json` it writes in its working folder, else its printed summary block."""
         for attempt in range(1, EVALUATION_ATTEMPTS + 1):
-            where = self.fresh_evaluator_dir(artifacts.parent / f"evaluator-{artifacts.name}")
+            where = self.fresh_evaluator_dir(trial, artifacts.parent / f"evaluator-{artifacts.name}")
             wrapped = command
             if self.sandbox:  # its own TMPDIR, inside the fresh folder: nothing a training run left there reaches it
                 wrapped = self.sandbox.wrap(command, [("rw", where), ("rw", artifacts)], tmp=where / ".tmp")
-            out = self.executor.run(where, wrapped, self._env(seed, artifacts), self.spec.limit_seconds, log)
+            out = self.executor.run(where, wrapped, self._env(seed, artifacts, trial), self.spec.limit_seconds, log,
+                                    on_start=on_start, on_tick=on_tick)
             if out.interrupted:
                 raise KeyboardInterrupt
             summary = {**out.summary, **_read_metrics(where / "metrics.json")}
@@ -186,12 +194,16 @@ class Runner:
             log = log.with_name(log.stem + f"-retry{attempt}.log")
         return "crash", f"the evaluator failed {EVALUATION_ATTEMPTS} times ({failed}): {_last_line(out.log_tail)}", {}
 
-    def score_test(self, seeds: list[int], artifact_dirs: list[Path]) -> tuple[float | None, list[float], str]:
+    def score_test(self, trial: Trial, seeds: list[int], artifact_dirs: list[Path],
+                   on_process=None) -> tuple[float | None, list[float], str]:
         """The hidden test split's metric of a kept candidate: the mean over its runs' artifacts."""
         name = self.spec.test_metric or self.spec.metric
         values = []
         for seed, artifacts in zip(seeds, artifact_dirs):
-            failure, reason, summary = self.evaluate(self.spec.test_command, seed, artifacts, artifacts.parent / f"test-seed{seed}.log")
+            if not artifacts.is_dir():
+                return None, values, f"the models of seed {seed} are gone ({artifacts})"
+            failure, reason, summary = self.evaluate(trial, self.spec.test_command, seed, artifacts,
+                                                     artifacts.parent / f"test-seed{seed}.log", _tell(on_process, "test"))
             value = summary.get(name)
             if failure or not isinstance(value, float) or not math.isfinite(value):
                 return None, values, reason or f"no finite '{name}' from `{self.spec.test_command}`"
@@ -207,6 +219,11 @@ class Runner:
             return (f"runs with different AUTORESEARCH_SEED saved nearly the same model (fingerprint distance {spread:.2g} < "
                     f"{self.spec.same_model_distance:g}): train.py ignores the seed, so a lucky seed cannot be ruled out")
         return ""
+
+
+def _tell(on_process, kind: str, log: Path | None = None):
+    """An executor's on_start(pid) that reports the process as on_process(pid, kind, log)."""
+    return (lambda pid: on_process(pid, kind, log)) if on_process else None
 
 
 def _read_metrics(path: Path) -> dict:

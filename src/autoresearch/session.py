@@ -1,23 +1,32 @@
-"""Wire a workspace, its config, an agent and an executor into a Loop, and resume safely after a kill."""
+"""Wire a workspace, its config, an agent and an executor into a Loop under the tag's lock, and resume safely."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import time
 from pathlib import Path
 
 from autoresearch import UsageError
 from autoresearch.agents import make_agent
-from autoresearch.config import Config, load_config
+from autoresearch.agents.base import check_agent
+from autoresearch.config import CONFIG_FILE, Config, load_config, load_config_at
 from autoresearch.decide import NoiseAware
 from autoresearch.device import detect_device
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR, Ledger
+from autoresearch.lock import TagLock
 from autoresearch.loop import Loop, Settings
+from autoresearch.measure import Measurement
 from autoresearch.process import run_streaming
+from autoresearch.reporter import Reporter
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.sandbox import make_sandbox, resolve_protected
 from autoresearch.workspace import Workspace
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled like Ctrl-C (record, clean up), then exit code 143."""
 
 
 def prepare_workspace(root: Path, echo=print) -> None:
@@ -34,11 +43,11 @@ def prepare_workspace(root: Path, echo=print) -> None:
 
 def open_workspace(root: Path, config: Config) -> Workspace:
     """The workspace's git checks, with autoresearch.toml always locked: the protocol itself."""
-    return Workspace(root, config.editable, list(dict.fromkeys(config.locked + ["autoresearch.toml"])))
+    return Workspace(root, config.editable, list(dict.fromkeys(config.locked + [CONFIG_FILE])))
 
 
-def build_runner(root: Path, config: Config, ws: Workspace, seconds: float, device: str, echo=print,
-                 executor=None, runner_class=Runner) -> Runner:
+def build_runner(root: Path, config: Config, seconds: float, device: str, echo=print, executor=None,
+                 runner_class=Runner) -> Runner:
     """The Runner for this workspace: its commands and limits, the sandbox, and the paths it hides and watches."""
     spec = RunSpec(
         run_command=config.commands.run, metric=config.metric.name, maximize=config.metric.direction == "maximize",
@@ -49,62 +58,162 @@ def build_runner(root: Path, config: Config, ws: Workspace, seconds: float, devi
     box = config.sandbox
     sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, box.writable, echo)
     protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
-    echo(f"Sandbox: {'bubblewrap' if sandbox else 'none'}; {len(protected.hidden)} held-out path(s) hidden from training, "
-         f"{len(protected.all())} watched for changes")
-    return runner_class(ws, executor or LocalExecutor(), spec, sandbox, protected)
+    if sandbox:
+        echo(f"Sandbox: bubblewrap; {len(protected.hidden)} held-out path(s) hidden from training, "
+             f"{len(protected.all())} watched for changes")
+    else:
+        echo(f"Sandbox: none; nothing is hidden from training; {len(protected.all())} held-out path(s) watched for changes")
+    return runner_class(executor or LocalExecutor(), spec, sandbox, protected)
 
 
 def default_tag() -> str:
     return time.strftime("%b%d").lower()
 
 
-def prepare_branch(ws: Workspace, tag: str) -> str:
-    """Check out autoresearch/<tag>, refusing a dirty tree; on that branch, stray edits to editable files are the
-    harness's own half-made candidate (from a kill) and are discarded, anything else is the user's and is kept."""
+def committed_config(ws: Workspace, commit: str) -> Config:
+    """autoresearch.toml as committed at `commit`: what is measured is what is committed."""
+    names = [n for n in ws.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n]
+    if CONFIG_FILE not in names:
+        raise UsageError(f"no {CONFIG_FILE} is committed at {commit[:7]}; commit it first")
+    return load_config_at(ws.root, commit, names, ws.git_bytes("cat-file", "blob", f"{commit}:{CONFIG_FILE}").decode())
+
+
+def ensure_branch(ws: Workspace, ledger_rows, tag: str, echo) -> str:
+    """The commit autoresearch/<tag> starts from: made at HEAD for a new tag. The user's checkout is left as it
+    is; its uncommitted changes are named once and are never part of a candidate. A branch with commits the
+    harness did not make is refused, so that none of them is ever dropped from it."""
     branch = f"autoresearch/{tag}"
+    if ws.git("check-ref-format", "--branch", branch, check=False) == "":
+        raise UsageError(f"'{tag}' cannot be part of a git branch name")
     dirty = ws.dirty_paths()
-    if dirty and ws.branch() == branch and all(ws.is_editable(p) for p in dirty):
-        ws.reset_hard("HEAD")
-    ws.ensure_clean()
-    ws.checkout_branch(tag)
-    return branch
+    if dirty:
+        shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
+        echo(f"Uncommitted changes in your checkout are left alone and are not part of any candidate: {shown}")
+    tip = ws.resolve(f"refs/heads/{branch}")
+    if tip is None:
+        head = ws.resolve("HEAD")
+        if head is None:
+            raise UsageError(f"{ws.root} has no commit yet; commit the task's files first")
+        ws.move_ref(f"refs/heads/{branch}", head, None)
+        return head
+    known = {c for r in ledger_rows for c in (r.commit_sha, r.parent_commit) if c}
+    if known and tip not in known:
+        raise UsageError(f"{branch} has commits autoresearch did not make (its tip is {tip[:7]}); the branch is the "
+                         f"harness's: keep them on a branch of your own (git branch mine {tip[:7]}), point {branch} back "
+                         f"at its best (git branch -f {branch} <best>), or start a new --tag from them")
+    return tip
+
+
+def protocol_of(config: Config, settings: Settings, seconds: float, ws: Workspace, commit: str) -> dict:
+    """What a tag's measurements must share: a change of any of these is a new tag or a new segment."""
+    return {"budget_seconds": seconds, "seeds": settings.seeds, "baseline_seeds": settings.baseline_seeds,
+            "threshold_sigmas": config.decide.threshold_sigmas, "device": settings.device,
+            "run": config.commands.run, "evaluate": config.commands.evaluate, "test": config.commands.test,
+            "locked_hash": ws.locked_hash_at(commit)}
+
+
+def check_protocol(ledger: Ledger, protocol: dict, remeasure: bool, echo) -> None:
+    """A tag is measured under one protocol: a run under another is refused; `baseline` starts a new segment."""
+    recorded = ledger.protocol()
+    if recorded is None or recorded == protocol:
+        if recorded is None:
+            ledger.start_segment(protocol)
+        return
+    differs = ", ".join(f"{k} {recorded.get(k)!r} → {protocol[k]!r}" if k != "locked_hash" else "the locked files"
+                        for k in protocol if recorded.get(k) != protocol[k])
+    if not remeasure:
+        raise UsageError(f"tag '{ledger.tag}' was measured under another protocol ({differs}); use a new --tag, or run "
+                         "`autoresearch baseline` with these settings (e.g. --budget) to start a new measured segment")
+    segment = ledger.start_segment(protocol)
+    echo(f"Segment {segment} of {ledger.branch}: {differs}. Earlier measurements are kept but not compared with new ones.")
 
 
 def run_session(root: Path, tag: str | None = None, agent_name: str | None = None, budget: float | None = None,
                 seed: int = 42, max_experiments: int | None = None, max_hours: float | None = None,
                 echo=print, agent=None, max_cost: float | None = None, agent_overrides: dict | None = None,
                 remeasure: bool = False) -> tuple[Ledger, bool]:
-    """Run the loop on autoresearch/<tag>; returns the ledger and whether the metric is maximized.
+    """Run the loop on autoresearch/<tag> under its lock; returns the ledger and whether the metric is maximized.
 
     `agent`, if given, is any object with the Agent protocol; else one is made from `agent_name` or the config,
     with `agent_overrides` (model, base_url, command, ...) laid over the config's [agent] table.
+    Ctrl-C raises KeyboardInterrupt and SIGTERM `Terminated` after the loop has recorded and cleaned up.
     """
     root = Path(root).resolve()
-    config = load_config(root)
-    ws = open_workspace(root, config)
-    agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
-    if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
-        agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root)
-    branch = prepare_branch(ws, tag or default_tag())
-    device = detect_device()
-    seconds = budget if budget is not None else config.budget.resolve_seconds(device == "cuda")
-    settings = Settings(
-        program=(root / config.program).read_text(encoding="utf-8"), metric=config.metric.name,
-        maximize=config.metric.direction == "maximize", seed=seed, device=device, max_experiments=max_experiments,
-        max_hours=max_hours, max_cost=max_cost, history_limit=agent_settings.history_limit,
-        seeds=config.decide.resolve_seeds(device == "cuda"))
-    ledger = Ledger(root, branch, config.metric.name)
-    echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, "
-         f"killed at {config.budget.kill_after(seconds):g}s | "
-         f"{settings.metric} ({config.metric.direction}) | {settings.seeds} seed(s), keep beyond {config.decide.threshold_sigmas:g}σ")
-    runner = build_runner(root, config, ws, seconds, device, echo)
-    decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
-    loop = Loop(ws, ledger, agent, runner, decider, settings, echo)
-    if remeasure:
-        loop.remeasure()
-    else:
-        loop.run()
-    return ledger, settings.maximize
+    load_config(root)  # a readable config in the checkout, or a one-line error
+    tag = tag or default_tag()
+    lock = TagLock(root / STATE_DIR, tag).acquire()
+    previous_handler, results_lock = signal.getsignal(signal.SIGTERM), None
+    try:
+        if lock.took_over:
+            echo(f"Taking over tag '{tag}' from pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}, "
+                 "which is gone; what it left running is recorded and stopped.")
+        branch = f"autoresearch/{tag}"
+        head_config = load_config(root)
+        ledger = Ledger(root, branch, head_config.metric.name, head_config.metric.direction == "maximize")
+        ws = open_workspace(root, head_config)
+        start = ensure_branch(ws, ledger.rows(), tag, echo)
+        best = ledger.best()
+        config = committed_config(ws, best.commit_sha if best else start)
+        ws = open_workspace(root, config)
+        agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
+        if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
+            agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root, tag=tag)
+        device = detect_device()
+        cuda = device == "cuda"
+        seconds = budget if budget is not None else config.budget.resolve_seconds(cuda)
+        program = ws.git_bytes("cat-file", "blob", f"{best.commit_sha if best else start}:{config.program}").decode("utf-8", "replace")
+        settings = Settings(
+            program=program, metric=config.metric.name, maximize=config.metric.direction == "maximize", seed=seed,
+            device=device, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
+            history_limit=agent_settings.history_limit, seeds=config.decide.resolve_seeds(cuda),
+            baseline_seeds=config.decide.resolve_baseline_seeds(cuda))
+        ledger.maximize = settings.maximize
+        results_lock = claim_results_table(ws, ledger, echo)
+        echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, "
+             f"killed at {config.budget.kill_after(seconds):g}s | {settings.metric} ({config.metric.direction}) | "
+             f"{settings.seeds} seed(s) per candidate, {settings.baseline_seeds} per baseline, keep beyond {config.decide.threshold_sigmas:g}σ")
+        runner = build_runner(root, config, seconds, device, echo)
+        decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
+        if agent is not None:
+            check_agent(agent)
+        loop = Loop(ws, ledger, agent, Measurement(runner, decider, settings.maximize), settings, Reporter(echo))
+        try:
+            check_protocol(ledger, protocol_of(config, settings, seconds, ws, best.commit_sha if best else start), remeasure, echo)
+        except UsageError:
+            loop.recover()  # what a kill left is cleaned up either way
+            raise
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        if remeasure:
+            loop.remeasure()
+        else:
+            loop.run()
+        return ledger, settings.maximize
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if results_lock is not None:
+            results_lock.release()
+        lock.release()
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
+    raise Terminated()
+
+
+def claim_results_table(ws: Workspace, ledger: Ledger, echo) -> TagLock | None:
+    """The root results.tsv is written by one run at a time (the first tag to start), and never when it is a file
+    of the user's (tracked by git); every tag always has its own copy under .autoresearch/tags/<tag>/."""
+    own = f".autoresearch/tags/{ledger.tag}/results.tsv"
+    if ws.git("ls-files", "--", "results.tsv").strip():
+        ledger.results_path = None
+        echo(f"results.tsv is tracked by git in your checkout, so it is left alone; this tag's table is {own}")
+        return None
+    try:
+        return TagLock(ws.root / STATE_DIR, "_results.tsv").acquire()  # held until the run ends
+    except UsageError:
+        ledger.results_path = None
+        echo(f"Another tag's run writes results.tsv; this tag's table is {own}")
+        return None
 
 
 def open_ledger(root: Path, tag: str | None) -> tuple[Ledger, bool]:
@@ -113,14 +222,18 @@ def open_ledger(root: Path, tag: str | None) -> tuple[Ledger, bool]:
     config = load_config(root)
     if not (root / STATE_DIR / "journal.sqlite").exists():
         raise UsageError(f"no experiments recorded in {root} yet; start with `autoresearch run`")
+    maximize = config.metric.direction == "maximize"
     if tag:
         branch = f"autoresearch/{tag}"
     else:
         current = open_workspace(root, config).branch()
         branch = current
         if not current.startswith("autoresearch/"):
-            db = sqlite3.connect(root / STATE_DIR / "journal.sqlite")
-            last = db.execute("SELECT branch FROM experiments ORDER BY id DESC LIMIT 1").fetchone()
-            db.close()
+            try:
+                db = sqlite3.connect(root / STATE_DIR / "journal.sqlite")
+                last = db.execute("SELECT branch FROM experiments ORDER BY id DESC LIMIT 1").fetchone()
+                db.close()
+            except sqlite3.DatabaseError:
+                last = None  # the Ledger below says what is wrong with it
             branch = last[0] if last else current
-    return Ledger(root, branch, config.metric.name), config.metric.direction == "maximize"
+    return Ledger(root, branch, config.metric.name, maximize), maximize

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from autoresearch.config import load_config
 from autoresearch.ledger import Ledger
 from autoresearch.sandbox import INSTALL_HINT, bubblewrap_works
 
-STYLES = {"keep": "bold green", "discard": "dim", "crash": "red", "timeout": "red", "invalid": "magenta"}
+STYLES = {"keep": "bold green", "discard": "dim", "crash": "red", "timeout": "red", "invalid": "magenta", "running": "cyan"}
 
 
 def sandbox_summary(mode: str) -> str:
@@ -18,6 +20,14 @@ def sandbox_summary(mode: str) -> str:
     if bubblewrap_works():
         return "bubblewrap: training sees the machine read-only, the held-out data not at all, and no network"
     return f"none, bubblewrap is not available ({INSTALL_HINT}): training can read held-out data; changes to it are still caught"
+
+
+def running_note(r) -> str:
+    """What a row still running is doing, from its owner's heartbeat."""
+    import time
+
+    since = f", last heartbeat {time.time() - r.heartbeat_at:.0f}s ago" if r.heartbeat_at else ""
+    return f"running: pid {r.owner_pid} on {r.owner_host}{since}"
 
 
 def stats(rows) -> dict:
@@ -83,23 +93,28 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
         table.add_column(column, justify="right" if column in numeric else "left",
                          no_wrap=column in numeric or column in ("commit", "status"),
                          min_width=max(len(column), 8) if column in (ledger.metric_name, test_name) else None)
-    for r in rows:
+    for r in rows:  # what the agent wrote (descriptions, reasons) is text, never markup
         status = r.status or r.state
-        note = r.reason if status not in ("keep", "discard") else ""
+        note = Text(r.reason if status not in ("keep", "discard") else "")
+        if r.state == "running":
+            note = Text(running_note(r))
         if r.id in flags:
-            note = f"[yellow]⚠ {flags[r.id]}[/]"
-        cells = {"#": str(r.id), "commit": (r.commit_sha or "-")[:7], "status": f"[{STYLES.get(status, '')}]{status}[/]",
+            note = Text(f"⚠ {flags[r.id]}", style="yellow")
+        description = Text(r.description)
+        if narrow and note:
+            description.append("\n" + note.plain, style=note.style or "dim")
+        cells = {"#": str(r.id), "commit": (r.commit_sha or "-")[:7], "status": Text(status, style=STYLES.get(status, "")),
                  ledger.metric_name: f"{r.metric:.6f}" if r.metric is not None else "-",
                  test_name: f"{r.test_metric:.6f}" if r.test_metric is not None else "-",
                  "mem GB": f"{r.memory_gb:.1f}" if r.memory_gb is not None else "-",
-                 "description": r.description + (f"\n[dim]{note}[/]" if narrow and note else ""),
+                 "description": description,
                  "wall s": f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
                  "cost $": f"{r.cost_usd:.4f}" if r.llm_calls else "-", "reason": note}
         table.add_row(*(cells[c] for c in columns))
     console.print(table)
     best = ledger.best()
     s = stats(rows)
-    console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({best.description})" if best else "none yet")
+    console.print(f"Best {ledger.metric_name}: " + (f"[bold]{best.metric:.6f}[/] at {best.commit_sha[:7]} ({escape(best.description)})" if best else "none yet")
                   + (f"; hidden test split {best.test_metric:.6f}" if best and best.test_metric is not None else ""))
     if flags:
         console.print(f"[yellow]⚠ {len(flags)} kept change(s) gained on val but not on the hidden test split beyond "
@@ -122,3 +137,15 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
         console.print("Time: " + ", ".join(f"{name} {s[key]:.0f}s ({100 * s[key] / total:.0f}%)" for name, key in
                                            (("training", "training_seconds"), ("start-up and evaluation", "evaluation_seconds"),
                                             ("agent", "agent_seconds"), ("harness", "harness_seconds"))))
+
+
+def render_disk(ledger: Ledger, console: Console | None = None) -> None:
+    """`status --disk`: what .autoresearch/ holds, and what `autoresearch prune` would free."""
+    from autoresearch.disk import human, usage
+
+    console = console or Console()
+    parts = usage(ledger.root)
+    console.print(f"Disk: {human(sum(n for _, n in parts))} under .autoresearch/: "
+                  + ", ".join(f"{what} {human(n)}" for what, n in parts))
+    console.print("Kept per experiment: its logs; for a keep, also its saved models (to score and re-score it). "
+                  "`autoresearch prune` removes the models of keeps that are no longer their tag's best.")

@@ -20,9 +20,13 @@ def available_templates() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
+# The harness's own git commands run no code the repository supplies: no hooks, no fsmonitor, no replace objects.
+SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "--no-replace-objects"]
+
+
 def git(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run git in the workspace; a failure is a UsageError carrying git's own message."""
-    result = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True)
+    result = subprocess.run(["git", *SAFE_GIT, *args], cwd=workspace, capture_output=True, text=True)
     if check and result.returncode != 0:
         message = (result.stderr or result.stdout).strip().splitlines()
         raise UsageError(f"git {args[0]} failed in {workspace}: {message[-1] if message else result.returncode}")
@@ -69,28 +73,41 @@ def _matches(path: str, patterns: list[str]) -> bool:
     return any(PurePosixPath(path).match(p) or fnmatch.fnmatch(path, p) for p in patterns)
 
 
+def hash_files(files: dict[str, bytes], patterns: list[str]) -> str:
+    """sha256 over the files matching each pattern in turn (sorted paths): a candidate's identity."""
+    digest = hashlib.sha256()
+    for pattern in patterns:
+        for path in sorted(p for p in files if _matches(p, [pattern])):
+            digest.update(path.encode() + b"\0" + files[path] + b"\0")
+    return digest.hexdigest()
+
+
 class Workspace:
-    """A workspace's git repository: branch, commit, reset, and the editable/locked file checks."""
+    """A workspace's git repository: commits, trees, refs and worktrees, and the editable/locked file checks.
+
+    The loop never changes the user's checkout: candidates are written and run in worktrees (see trial.py),
+    and the branch moves by compare-and-swap (`move_ref`)."""
 
     def __init__(self, root: Path, editable: list[str], locked: list[str]):
         self.root = Path(root).resolve()
         self.editable = editable
         self.locked = locked
 
+    def at(self, folder: Path) -> "Workspace":
+        """The same checks in another checkout of this repository (a trial's worktree)."""
+        return Workspace(folder, self.editable, self.locked)
+
     def git(self, *args: str, check: bool = True) -> str:
         return git(self.root, *args, check=check).stdout
 
-    def stray_code(self) -> set[str]:
-        """Untracked files (ignored ones too) that Python could import: modules, .pth files, extensions."""
-        names = self.git("ls-files", "--others", "-z").split("\0")
-        return {n for n in names if n.endswith((".py", ".pth", ".so")) and not n.startswith(".autoresearch/")}
-
     def git_bytes(self, *args: str) -> bytes:
         """Binary output of a git command (e.g. `git archive`); a failure is a UsageError."""
-        result = subprocess.run(["git", *args], cwd=self.root, capture_output=True)
+        result = subprocess.run(["git", *SAFE_GIT, *args], cwd=self.root, capture_output=True)
         if result.returncode != 0:
             raise UsageError(f"git {args[0]} failed in {self.root}: {result.stderr.decode(errors='replace').strip()}")
         return result.stdout
+
+    # -- commits, refs and the user's checkout ------------------------------------------------------------------
 
     def head(self) -> str:
         return self.git("rev-parse", "HEAD").strip()
@@ -98,27 +115,90 @@ class Workspace:
     def branch(self) -> str:
         return self.git("rev-parse", "--abbrev-ref", "HEAD").strip()
 
+    def resolve(self, ref: str) -> str | None:
+        """The commit a ref names, or None if it does not exist."""
+        out = git(self.root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        return out.stdout.strip() or None
+
+    def move_ref(self, ref: str, new: str, old: str | None) -> bool:
+        """Compare-and-swap: point `ref` at `new` only if it still points at `old` (None: only if it does not exist)."""
+        expected = old or "0" * 40
+        return git(self.root, "update-ref", "-m", "autoresearch", ref, new, expected, check=False).returncode == 0
+
     def dirty_paths(self) -> list[str]:
-        """Tracked changes and untracked files that are not ignored."""
+        """Tracked changes and untracked files that are not ignored, in the user's checkout."""
         return [line[3:] for line in self.git("status", "--porcelain").splitlines()]
 
-    def ensure_clean(self) -> None:
-        dirty = self.dirty_paths()
-        if dirty:
-            shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
-            raise UsageError(f"the working tree has uncommitted changes ({shown}); commit or stash them first, autoresearch will not touch them")
+    def checked_out_branch(self) -> str | None:
+        """The branch the user's checkout is on (refs/heads/...), or None when detached."""
+        out = git(self.root, "symbolic-ref", "-q", "HEAD", check=False).stdout.strip()
+        return out or None
 
-    def checkout_branch(self, tag: str) -> bool:
-        """Check out autoresearch/<tag>, creating it at HEAD if new. Returns True if it already existed."""
-        name = f"autoresearch/{tag}"
-        if self.git("check-ref-format", "--branch", name, check=False) == "":
-            raise UsageError(f"'{tag}' cannot be part of a git branch name")
-        exists = git(self.root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
-        if exists:
-            self.git("checkout", "-q", name)
-        else:
-            self.git("checkout", "-q", "-b", name)
-        return exists
+    def fast_forward_checkout(self, old: str, new: str) -> None:
+        """The user's clean checkout of a branch that just moved from `old` to `new`: bring its files along.
+        `read-tree -m -u` refuses to overwrite anything (an untracked file in the way stays, and this fails)."""
+        self.git("read-tree", "-m", "-u", old, new)
+
+    # -- trees of commits --------------------------------------------------------------------------------------
+
+    def tree_files(self, commit: str, patterns: list[str]) -> dict[str, bytes]:
+        """The committed content of the files matching `patterns` at `commit`."""
+        names = [n for n in self.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n and _matches(n, patterns)]
+        return {name: self.git_bytes("cat-file", "blob", f"{commit}:{name}") for name in names}
+
+    def read_editable_at(self, commit: str) -> dict[str, str]:
+        return {p: b.decode("utf-8", "replace") for p, b in self.tree_files(commit, self.editable).items()}
+
+    def read_locked_at(self, commit: str) -> dict[str, str]:
+        return {p: b.decode("utf-8", "replace") for p, b in self.tree_files(commit, self.locked).items()}
+
+    def editable_hash_at(self, commit: str, overlay: dict[str, str] | None = None) -> str:
+        """The editable files' hash at `commit`, with `overlay` (a proposal's files) laid over them."""
+        files = self.tree_files(commit, self.editable)
+        files.update({p: t.encode("utf-8") for p, t in (overlay or {}).items()})
+        return hash_files(files, self.editable)
+
+    def locked_hash_at(self, commit: str) -> str:
+        return hash_files(self.tree_files(commit, self.locked), self.locked)
+
+    def check_editable(self, paths) -> None:
+        """A ValueError naming the first path that is not editable (or leaves the root)."""
+        for relpath in paths:
+            pure = PurePosixPath(relpath)
+            if pure.is_absolute() or ".." in pure.parts or not self.is_editable(pure.as_posix()):
+                raise ValueError(f"{relpath} is not an editable file (editable: {', '.join(self.editable)})")
+
+    def net_added_lines(self, old: str, new: str) -> int:
+        """Lines added minus lines removed between two commits, by `git diff --numstat` (binary files count 0)."""
+        total = 0
+        for line in self.git("diff", "--numstat", old, new).splitlines():
+            added, removed, _ = line.split("\t", 2)
+            if added != "-":
+                total += int(added) - int(removed)
+        return total
+
+    # -- worktrees -----------------------------------------------------------------------------------------------
+
+    def add_worktree(self, folder: Path, commit: str) -> "Workspace":
+        """A detached worktree of `commit` at `folder` (a stale one left by a kill is replaced)."""
+        self.remove_worktree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        self.git("worktree", "add", "-q", "--detach", str(folder), commit)
+        return self.at(folder)
+
+    def remove_worktree(self, folder: Path) -> None:
+        """Remove a worktree of the harness's and git's record of it; nothing else is touched."""
+        if folder.exists():
+            git(self.root, "worktree", "remove", "--force", "--force", str(folder), check=False)
+            shutil.rmtree(folder, ignore_errors=True)
+        self.git("worktree", "prune")
+
+    # -- the files of a checkout (a trial's worktree) --------------------------------------------------------------
+
+    def stray_code(self) -> set[str]:
+        """Untracked files (ignored ones too) that Python could import: modules, .pth files, extensions."""
+        names = self.git("ls-files", "--others", "-z").split("\0")
+        return {n for n in names if n.endswith((".py", ".pth", ".so")) and not n.startswith(".autoresearch/")}
 
     def read_editable(self) -> dict[str, str]:
         """The editable files' current text, by path relative to the root."""
@@ -129,32 +209,24 @@ class Workspace:
                     files[path.relative_to(self.root).as_posix()] = path.read_text(encoding="utf-8")
         return files
 
-    def read_locked(self) -> dict[str, str]:
-        return {name: (self.root / name).read_text(encoding="utf-8", errors="replace") for name in self.locked if (self.root / name).is_file()}
-
     def is_editable(self, relpath: str) -> bool:
         return _matches(relpath, self.editable) and not _matches(relpath, self.locked)
 
     def write_files(self, files: dict[str, str]) -> None:
         """Write a proposal's files; any path that is not editable (or leaves the root) is a ValueError."""
-        for relpath in files:
-            target = (self.root / relpath).resolve()
-            if not target.is_relative_to(self.root) or not self.is_editable(target.relative_to(self.root).as_posix()):
-                raise ValueError(f"{relpath} is not an editable file (editable: {', '.join(self.editable)})")
+        self.check_editable(files)
         for relpath, text in files.items():
-            (self.root / relpath).write_text(text, encoding="utf-8")
-
-    def changed_paths(self) -> list[str]:
-        """Paths changed in the working tree against HEAD, untracked files included."""
-        return [line[3:] for line in self.git("status", "--porcelain", "--untracked-files=all").splitlines()]
+            target = self.root / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
 
     def content_hash(self, patterns: list[str]) -> str:
-        digest = hashlib.sha256()
+        files = {}
         for pattern in patterns:
-            for path in sorted(self.root.glob(pattern)):
+            for path in self.root.glob(pattern):
                 if path.is_file():
-                    digest.update(path.relative_to(self.root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-        return digest.hexdigest()
+                    files[path.relative_to(self.root).as_posix()] = path.read_bytes()
+        return hash_files(files, patterns)
 
     def editable_hash(self) -> str:
         return self.content_hash(self.editable)
@@ -169,13 +241,8 @@ class Workspace:
     def commit_editable(self, message: str) -> str:
         """Commit the editable files only: files a run leaves behind never ride along in a candidate."""
         self.git("add", "-A", "--", *self.editable)
-        self.git(*_identity_args(self.root), "commit", "-q", "--no-verify", "-m", message)
+        self.git(*_identity_args(self.root), "commit", "-q", "--no-verify", "--allow-empty", "-m", message)
         return self.head()
-
-    def reset_hard(self, commit: str) -> None:
-        """Move the branch to `commit` and make the tracked files match it (untracked ignored files stay)."""
-        self.git("reset", "-q", "--hard", commit)
-        self.git("clean", "-q", "-f", "--", *self.editable)  # new untracked files matching editable globs
 
     def diff(self, old: str, new: str) -> str:
         return self.git("diff", old, new)

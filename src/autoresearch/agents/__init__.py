@@ -6,9 +6,13 @@ from pathlib import Path
 
 from autoresearch import UsageError
 from autoresearch.config import AgentSettings
+from autoresearch.ledger import STATE_DIR
 
 
-def make_agent(name: str, settings: AgentSettings | None = None, seed: int = 0, workspace: Path | None = None):
+def make_agent(name: str, settings: AgentSettings | None = None, seed: int = 0, workspace: Path | None = None,
+               tag: str | None = None):
+    """The agent `name`. With a workspace and a tag, the tune agent keeps its Optuna study in
+    .autoresearch/tune/<tag>.journal, so a resumed run continues the same search."""
     settings = settings or AgentSettings()
     if name == "perturb":
         from autoresearch.agents.perturb import PerturbAgent
@@ -17,7 +21,12 @@ def make_agent(name: str, settings: AgentSettings | None = None, seed: int = 0, 
     if name == "tune":
         from autoresearch.agents.tune import TuneAgent
 
-        return TuneAgent(settings, seed=seed)
+        storage = None
+        if workspace is not None and tag is not None:
+            folder = Path(workspace) / STATE_DIR / "tune"
+            folder.mkdir(parents=True, exist_ok=True)
+            storage = str(folder / f"{tag.replace('/', '_')}.journal")
+        return TuneAgent(settings, seed=seed, storage=storage)
     if name == "openai":
         from autoresearch.agents.llm import OpenAIAgent
 

@@ -50,6 +50,7 @@ class Context:
     noise_floor: float | None = None  # σ of the metric between seeds, when known
     editable: list[str] = field(default_factory=list)  # the editable globs
     workspace: str = ""  # the workspace's root, for agents that work in it (command)
+    parent_commit: str = ""  # the commit the files come from: the best so far
 
 
 @dataclass
@@ -70,3 +71,11 @@ class Agent(Protocol):
     def propose(self, context: Context) -> Proposal | None: ...
 
     def observe(self, result: Result) -> None: ...
+
+
+def check_agent(agent) -> None:
+    """Before the baseline: an agent's own `check()` (a cheap call, or a look at its settings), if it has one,
+    so that a dead endpoint or a missing key is a one-line error in seconds, not after minutes of baseline."""
+    check = getattr(agent, "check", None)
+    if callable(check):
+        check()

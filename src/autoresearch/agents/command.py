@@ -1,10 +1,11 @@
-"""The command agent: runs a coding-agent CLI (claude, codex, aider...) in the workspace and reads its edits with git."""
+"""The command agent: runs a coding-agent CLI (claude, codex, aider...) in a scratch worktree and reads its edits with git."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,11 +27,12 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 
 class CommandAgent:
-    """Runs `settings.command` with `sh -c` in the workspace; the CLI edits files in place, the harness reads them.
+    """Runs `settings.command` with `sh -c` in a scratch worktree at the parent commit (the user's checkout is never
+    touched); the CLI edits files there, and the harness reads them with git.
 
     `{prompt_file}` in the command becomes the (shell-quoted) path of the prompt; a command without it gets the
-    prompt on stdin. Afterwards any change to a file that is not editable rejects the proposal; the tree is always
-    put back to HEAD and the edits return as a Proposal, which the loop writes back and commits itself.
+    prompt on stdin. Any change to a file that is not editable rejects the proposal; the scratch worktree is
+    removed afterwards and the edits return as a Proposal, which the loop commits in a trial of its own.
 
     `spent` stays at zero: what the CLI itself costs (its own tokens and dollars) is unknown to the harness.
     Why the last proposal came back as None is in `last_error`.
@@ -57,42 +59,55 @@ class CommandAgent:
         if root is None:
             raise UsageError("the command agent needs the workspace's folder")
         locked = list(dict.fromkeys([*context.locked, "autoresearch.toml"]))
-        ws = Workspace(root, self._editable(context, root), locked)
-        base, branch = ws.head(), ws.branch()
+        repo = Workspace(root, self._editable(context, root), locked)
+        base = context.parent_commit or repo.head()
         prompt_path, log_path = self._next_paths(root)
         prompt_path.write_text(build_prompt(context, reply_format="direct"), encoding="utf-8")
         self.last_log = log_path
-        before = self._untracked(ws)  # left by earlier runs (checkpoints...): not the CLI's doing
+        scratch = root / STATE_DIR / "agent" / str(os.getpid())
+        ws = repo.add_worktree(scratch, base)  # the CLI works here, never in the user's checkout
         try:
-            if context.fix is not None:
-                try:
-                    ws.write_files(context.fix.files)
-                except ValueError as exc:
-                    return self._fail(f"cannot set up the crashed version: {exc}")
-                fix_start = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(self._changes(ws, base, before))}
-            code, timed_out = self._run(ws.root, prompt_path, log_path)
-            if timed_out:
-                return self._fail(f"the command timed out after {self.settings.timeout_seconds:g}s (log: {log_path})")
-            if code != 0:
-                return self._fail(f"the command exited with code {code} (log: {log_path})")
-            changes = self._changes(ws, base, before)
-            foreign = sorted(p for p in changes if not ws.is_editable(p))
-            if foreign:
-                return self._fail(f"the command changed files that are not editable: {', '.join(foreign)}")
-            deleted = sorted(p for p, status in changes.items() if status == "D")
-            if deleted:
-                return self._fail(f"the command deleted {', '.join(deleted)}; deleting files cannot be proposed")
-            try:
-                files = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(changes)}
-            except (OSError, UnicodeDecodeError) as exc:
-                return self._fail(f"cannot read the edited files: {exc}")
-            if not files:
-                return self._fail("the command changed no file")
-            if context.fix is not None and files == fix_start:
-                return self._fail("the command made no edit to the crashed version: the fix is given up")
-            return Proposal(describe(read_output(log_path)), files)
+            return self._propose_in(ws, context, base, prompt_path, log_path)
         finally:
-            self._restore(ws, base, branch, before)
+            repo.remove_worktree(scratch)
+
+    def _propose_in(self, ws: Workspace, context: Context, base: str, prompt_path: Path, log_path: Path) -> Proposal | None:
+        """Run the CLI in the scratch worktree `ws` (at `base`) and read what it changed."""
+        before = self._untracked(ws)
+        if context.fix is not None:
+            try:
+                ws.write_files(context.fix.files)
+            except ValueError as exc:
+                return self._fail(f"cannot set up the crashed version: {exc}")
+            fix_start = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(self._changes(ws, base, before))}
+        code, timed_out = self._run(ws.root, prompt_path, log_path)
+        if timed_out:
+            return self._fail(f"the command timed out after {self.settings.timeout_seconds:g}s (log: {log_path})")
+        if code != 0:
+            return self._fail(f"the command exited with code {code} (log: {log_path})")
+        changes = self._changes(ws, base, before)
+        foreign = sorted(p for p in changes if not ws.is_editable(p))
+        if foreign:
+            return self._fail(f"the command changed files that are not editable: {', '.join(foreign)}")
+        deleted = sorted(p for p, status in changes.items() if status == "D")
+        if deleted:
+            return self._fail(f"the command deleted {', '.join(deleted)}; deleting files cannot be proposed")
+        try:
+            files = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(changes)}
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._fail(f"cannot read the edited files: {exc}")
+        if not files:
+            return self._fail("the command changed no file")
+        if context.fix is not None and files == fix_start:
+            return self._fail("the command made no edit to the crashed version: the fix is given up")
+        return Proposal(describe(read_output(log_path)), files)
+
+    def check(self) -> None:
+        """Before the baseline: the CLI's program must exist."""
+        words = shlex.split(self.settings.command or "")
+        program = next((w for w in words if "=" not in w.split("/")[0]), "")  # skip VAR=value prefixes
+        if program and shutil.which(program) is None and not Path(program).exists():
+            raise UsageError(f"the command agent's program `{program}` is not installed or not on PATH")
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -149,19 +164,6 @@ class CommandAgent:
         changes = {path: status[:1] for status, path in zip(fields[0::2], fields[1::2]) if path and not _is_state(path)}
         changes.update({p: "A" for p in self._untracked(ws) - before})
         return changes
-
-    def _restore(self, ws: Workspace, base: str, branch: str, before: set[str]) -> None:
-        """Back to `base` on the original branch: tracked files reset, files the CLI created deleted."""
-        if ws.branch() != branch:
-            ws.git("checkout", "-q", "-f", branch)
-        ws.reset_hard(base)  # also cleans new untracked files under the editable globs
-        for relpath in sorted(self._untracked(ws) - before):
-            path = ws.root / relpath
-            path.unlink(missing_ok=True)
-            parent = path.parent
-            while parent != ws.root and parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
-                parent = parent.parent
 
 
 def _is_state(path: str) -> bool:

@@ -91,6 +91,18 @@ class LLMAgent:
     def observe(self, result: Result) -> None:
         self.results.append(result)
 
+    def check(self) -> None:
+        """One cheap call (list the models, no retries, 15 s) before the baseline: an unreachable endpoint or a key
+        it refuses is a one-line error naming the URL, in seconds. Any other answer means the server is there."""
+        sdk = self._sdk()
+        try:
+            self.client.with_options(max_retries=0, timeout=15.0).models.list()
+        except (sdk.APIConnectionError, sdk.AuthenticationError, sdk.PermissionDeniedError) as exc:
+            raise UsageError(f"the {self.name} agent cannot use {self.client.base_url} ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}); check the URL, the key and the network") from None
+        except sdk.APIStatusError:
+            pass  # the server answered: it may just not list models
+
     # --- one call, billed ----------------------------------------------------------------------------------------
 
     def _call(self, messages: list[dict]) -> str:
@@ -146,22 +158,32 @@ class LLMAgent:
         return "edit " + ", ".join(sorted(changed))
 
 
+def _import_sdk(module: str, agent: str):
+    """The provider's SDK, or a one-line error saying how to install it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise UsageError(f"the {agent} agent needs the {module} SDK: pip install 'autoresearch[llm]'") from None
+
+
 class OpenAIAgent(LLMAgent):
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama, OpenRouter...)."""
 
     name = "openai"
     default_key_env = "OPENAI_API_KEY"
 
+    def _sdk(self):
+        return _import_sdk("openai", self.name)
+
     def _make_client(self, key: str):
-        import openai
+        openai = self._sdk()
 
         kwargs = {"base_url": self.settings.base_url} if self.settings.base_url else {}
         return openai.OpenAI(api_key=key, max_retries=self.settings.max_retries,
                              timeout=self.settings.timeout_seconds, **kwargs)
 
     def _sdk_error(self) -> type[BaseException]:
-        import openai
-
+        openai = self._sdk()
         return openai.OpenAIError
 
     def _complete(self, messages: list[dict]) -> tuple[str, int, int]:
@@ -181,15 +203,17 @@ class AnthropicAgent(LLMAgent):
     name = "anthropic"
     default_key_env = "ANTHROPIC_API_KEY"
 
+    def _sdk(self):
+        return _import_sdk("anthropic", self.name)
+
     def _make_client(self, key: str):
-        import anthropic
+        anthropic = self._sdk()
 
         return anthropic.Anthropic(api_key=key, base_url=self.settings.base_url, max_retries=self.settings.max_retries,
                                    timeout=self.settings.timeout_seconds)
 
     def _sdk_error(self) -> type[BaseException]:
-        import anthropic
-
+        anthropic = self._sdk()
         return anthropic.AnthropicError
 
     def _complete(self, messages: list[dict]) -> tuple[str, int, int]:

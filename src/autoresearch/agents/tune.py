@@ -42,6 +42,19 @@ proposal until a kept one brings it in.
 as FAIL too and drawn again, at most `max_asks` times, then the agent gives up the step (returns None). In fix
 mode it returns None: it cannot repair code. `sampler="random"` swaps TPE for Optuna's RandomSampler with
 everything else equal (the benchmark's control arm). Offline and free.
+
+Storage and resume. By default the study lives in memory and dies with the process. With `storage` (a path to a
+file, opened as Optuna's journal storage, which several processes may share, or any Optuna storage) the study
+`study_name` is created or loaded (`load_if_exists`), so a harness killed and restarted picks up the same search.
+A new study stores its space in the study's user attrs (`space`: each range as Optuna's distribution JSON, with
+`target`, the file name); every trial carries the sha256 of its file text as the user attr `digest` (the parent
+trial the parent's). A study that already holds trials is resumed: the space is the stored one (not rebuilt from
+the resumed parent, whose values may have moved), no second parent trial is added, the digests of all stored trials
+become the already-proposed set (so nothing measured is proposed again), and TPE sees the whole stored history.
+A trial left RUNNING by a kill becomes the pending proposal again if it is the latest: an `observe` next (the
+harness re-measured it) tells it, a `propose` next fails it as "never observed"; older RUNNING ones are failed as
+"interrupted". The seeded draws (which constants to change, and a named sampler's seed) are reseeded from the
+seed and the number of stored trials, so a resume does not replay the first run's draws only to reject them.
 """
 
 from __future__ import annotations
@@ -55,8 +68,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
+                                  distribution_to_json, json_to_distribution)
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from autoresearch import UsageError
@@ -235,6 +251,10 @@ def in_space(dist: BaseDistribution, value: int | float) -> bool:
     return dist.low <= value <= dist.high
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def round_sig(value: float, digits: int = SIGNIFICANT) -> float:
     return float(f"{value:.{digits}g}") + 0.0  # + 0.0: no -0.0
 
@@ -249,43 +269,117 @@ class TuneAgent:
     name = "tune"
 
     def __init__(self, settings: AgentSettings | None = None, seed: int = 0, sampler: str | BaseSampler = "tpe",
-                 target: str = "train.py", max_changes: int = 3, n_startup_trials: int = 5, max_asks: int = 25):
+                 target: str = "train.py", max_changes: int = 3, n_startup_trials: int = 5, max_asks: int = 25,
+                 storage: str | BaseStorage | None = None, study_name: str = "tune"):
         self.settings = settings or AgentSettings()
         self.spent = Usage()  # offline: proposing costs nothing
         self.seed, self.target = seed, target
         self.max_changes, self.n_startup_trials, self.max_asks = max(1, max_changes), n_startup_trials, max_asks
         self.rng = random.Random(seed)
+        self.sampler_choice = sampler
         self.sampler = self._make_sampler(sampler)
+        self.storage: BaseStorage | None = (JournalStorage(JournalFileBackend(storage)) if isinstance(storage, str)
+                                            else storage)
+        self.study_name = study_name
         self.study: optuna.Study | None = None
+        self.started = False  # the first proposal has set the study up (space, parent trial)
         self.space: dict[str, BaseDistribution] = {}  # name -> range, from the first file seen; file order
-        self.pending: optuna.Trial | None = None  # the trial of the proposal awaiting its result
+        # the trial of the proposal awaiting its result; after a resume, the number of a stored RUNNING trial
+        self.pending: optuna.Trial | int | None = None
         self.seen: set[str] = set()  # digests of files proposed or seen as the parent
 
-    def _make_sampler(self, sampler: str | BaseSampler) -> BaseSampler:
+    def _make_sampler(self, sampler: str | BaseSampler, seed: int | None = None) -> BaseSampler:
+        seed = self.seed if seed is None else seed
         if isinstance(sampler, BaseSampler):
             return sampler
         if sampler == "tpe":
-            return TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=False)
+            return TPESampler(seed=seed, n_startup_trials=self.n_startup_trials, multivariate=False)
         if sampler == "random":
-            return RandomSampler(seed=self.seed)
+            return RandomSampler(seed=seed)
         raise ValueError(f"unknown sampler {sampler!r} (tpe or random)")
 
-    def _start(self, context: Context, constants: list[Constant]) -> None:
-        """Build the space from this file, create the study, and tell it the parent's measured value."""
-        for c in constants:
-            dist = distribution_for(c.name, c.value, self.settings.tune.get(c.name))
-            if dist is not None and not dist.single():
-                self.space[c.name] = dist
-        self.study = optuna.create_study(direction="maximize" if context.maximize else "minimize", sampler=self.sampler)
+    def _open(self, context: Context | None) -> bool:
+        """Create the study, or load a stored one (without a context: only load, if the storage holds it); resume it."""
+        if self.study is not None:
+            return True
+        if context is None and (self.storage is None
+                                or self.study_name not in optuna.study.get_all_study_names(self.storage)):
+            return False
+        if context is None:
+            self.study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler)
+        else:
+            kept = self.storage is not None  # in memory: a fresh, unnamed study, as always
+            self.study = optuna.create_study(storage=self.storage, study_name=self.study_name if kept else None,
+                                             direction="maximize" if context.maximize else "minimize",
+                                             sampler=self.sampler, load_if_exists=kept)
+        space = self.study.user_attrs.get("space")
+        if space is not None:
+            self.space = {name: json_to_distribution(d) for name, d in space.items()}
+        trials = self.study.get_trials(deepcopy=False)
+        if trials:
+            self._resume(trials)
+        return True
+
+    def _start(self, context: Context, constants: list[Constant], source: str) -> None:
+        """Open the study; a new one gets its space from this file (stored in it) and the parent as a finished trial."""
+        self._open(context)
+        self._check_stored(context)
+        self.started = True
+        if "space" not in self.study.user_attrs:
+            for c in constants:
+                dist = distribution_for(c.name, c.value, self.settings.tune.get(c.name))
+                if dist is not None and not dist.single():
+                    self.space[c.name] = dist
+            self.study.set_user_attr("space", {n: distribution_to_json(d) for n, d in self.space.items()})
+            self.study.set_user_attr("target", self.target)
+        if self.study.get_trials(deepcopy=False):
+            return  # a resumed study: its parent trial is in it
         params = {c.name: c.value for c in constants if c.name in self.space and in_space(self.space[c.name], c.value)}
         if context.best is not None and params and math.isfinite(context.best):
             self.study.add_trial(create_trial(params=params, distributions={n: self.space[n] for n in params},
-                                              value=float(context.best), user_attrs={"status": "parent"}))
+                                              value=float(context.best),
+                                              user_attrs={"status": "parent", "digest": _digest(source)}))
+
+    def _check_stored(self, context: Context) -> None:
+        where = f"tune study {self.study_name!r}"
+        if self.study.user_attrs.get("target", self.target) != self.target:
+            raise UsageError(f"{where} searches {self.study.user_attrs['target']}, not {self.target}")
+        want = optuna.study.StudyDirection.MAXIMIZE if context.maximize else optuna.study.StudyDirection.MINIMIZE
+        if self.study.direction != want:
+            raise UsageError(f"{where} was created to {self.study.direction.name.lower()}, "
+                             f"the metric now wants {want.name.lower()}")
+
+    def _resume(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Carry on a stored study: what was proposed, the trial a kill left awaiting its result, fresh draws."""
+        self.seen |= {t.user_attrs["digest"] for t in trials if "digest" in t.user_attrs}
+        for t in trials:
+            if t.state == TrialState.WAITING:  # enqueued, never asked (a kill in between): take it out of the queue
+                self._fail(self.study.ask(), "interrupted")
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        for number in running[:-1]:
+            self._fail(number, "interrupted")
+        if running:
+            self.pending = running[-1]
+        reseed = int(hashlib.sha256(f"{self.seed}:{len(trials)}".encode()).hexdigest()[:16], 16)
+        self.rng = random.Random(reseed)
+        if isinstance(self.sampler_choice, str):
+            self.sampler = self.study.sampler = self._make_sampler(self.sampler_choice, reseed % 2**32)
+
+    def _set_status(self, trial: optuna.Trial | int, status: str) -> None:
+        if isinstance(trial, int):  # a stored trial, by number (after a resume): its attrs through the storage
+            study_id = self.storage.get_study_id_from_name(self.study_name)
+            self.storage.set_trial_user_attr(self.storage.get_trial_id_from_study_id_trial_number(study_id, trial),
+                                             "status", status)
+        else:
+            trial.set_user_attr("status", status)
+
+    def _fail(self, trial: optuna.Trial | int, status: str) -> None:
+        self._set_status(trial, status)
+        self.study.tell(trial, state=TrialState.FAIL)
 
     def _abandon_pending(self, reason: str) -> None:
         if self.pending is not None:
-            self.pending.set_user_attr("status", reason)
-            self.study.tell(self.pending, state=TrialState.FAIL)
+            self._fail(self.pending, reason)
             self.pending = None
 
     def _value(self, sampled, dist: BaseDistribution) -> int | float:
@@ -303,10 +397,10 @@ class TuneAgent:
             constants = find_constants(source, context.device)
         except SyntaxError:
             return None
-        if self.study is None:
-            self._start(context, constants)
+        if not self.started:
+            self._start(context, constants, source)
         self._abandon_pending("never observed")
-        self.seen.add(hashlib.sha256(source.encode()).hexdigest())
+        self.seen.add(_digest(source))
         current = {c.name: c for c in constants if c.name in self.space}
         settled = [n for n in current if in_space(self.space[n], current[n].value)]
         outside = [n for n in current if n not in settled]  # changed in every proposal until one is kept
@@ -325,10 +419,10 @@ class TuneAgent:
                 if n in chosen and new != current[n].value:
                     edits.append((current[n], new))
             text = rewrite(source, edits) if edits else source
-            digest = hashlib.sha256(text.encode()).hexdigest()
+            digest = _digest(text)
+            trial.set_user_attr("digest", digest)
             if not edits or digest in self.seen:
-                trial.set_user_attr("status", "no change" if not edits else "already proposed")
-                self.study.tell(trial, state=TrialState.FAIL)
+                self._fail(trial, "no change" if not edits else "already proposed")
                 continue
             self.seen.add(digest)
             self.pending = trial
@@ -337,11 +431,12 @@ class TuneAgent:
         return None
 
     def observe(self, result: Result) -> None:
+        self._open(None)  # after a restart the result may come first: of the proposal a kill left RUNNING
         if self.pending is None:
             return
         trial, self.pending = self.pending, None
-        trial.set_user_attr("status", result.status)
         if result.status in ("keep", "discard") and result.metric is not None and math.isfinite(result.metric):
+            self._set_status(trial, result.status)
             self.study.tell(trial, float(result.metric))
         else:  # crash, timeout, invalid, duplicate: nothing measured
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._fail(trial, result.status)

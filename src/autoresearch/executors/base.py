@@ -18,8 +18,10 @@ class RunOutcome:
     log_tail: str  # the last lines of the combined stdout/stderr
     summary: dict = field(default_factory=dict)  # the `key: value` block after `---`
     interrupted: bool = False  # the user pressed Ctrl-C during the run
+    cpu_seconds: float | None = None  # CPU time of the run's threads as sampled (None: could not be measured)
+    dilation: float = 1.0  # (cpu + runqueue wait) / cpu of its busiest thread, in [1, 10]; 1.0 when unknown
 
 
 class Executor(Protocol):
     def run(self, workspace: Path, command: str, env: dict[str, str], limit_seconds: float, log_path: Path,
-            on_start=None) -> RunOutcome: ...
+            on_start=None, on_tick=None) -> RunOutcome: ...

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from autoresearch.contention import GroupSampler
 from autoresearch.executors.base import RunOutcome
 from autoresearch.process import command_env
 from autoresearch.summary import parse_summary
@@ -50,6 +51,21 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
         return "".join(deque(f, maxlen=lines))
 
 
+def _wait(proc: subprocess.Popen, start: float, limit_seconds: float, on_tick=None, every: float = 1.0) -> None:
+    """Wait for `proc` until the limit (TimeoutExpired past it), calling on_tick(seconds so far) about every second."""
+    while True:
+        left = limit_seconds - (time.monotonic() - start)
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, limit_seconds)
+        try:
+            proc.wait(timeout=min(left, every) if on_tick else left)
+            return
+        except subprocess.TimeoutExpired:
+            if on_tick is None:
+                raise
+            on_tick(time.monotonic() - start)
+
+
 class LocalExecutor:
     """Runs the command with `sh -c` in a new session; stdout and stderr go to the run log."""
 
@@ -57,25 +73,30 @@ class LocalExecutor:
         self.kill_grace = kill_grace
 
     def run(self, workspace: Path, command: str, env: dict[str, str], limit_seconds: float, log_path: Path,
-            on_start=None) -> RunOutcome:
+            on_start=None, on_tick=None) -> RunOutcome:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         timed_out = interrupted = False
         with open(log_path, "wb") as log:
             start = time.monotonic()
             proc = subprocess.Popen(command, shell=True, cwd=workspace, env=command_env(env), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            if on_start:
-                on_start(proc.pid)
+            sampler = GroupSampler(proc.pid).start()  # its own session, so its pid is its process group
             try:
-                proc.wait(timeout=max(0.0, limit_seconds - (time.monotonic() - start)))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            except KeyboardInterrupt:
-                interrupted = True
-            wall = time.monotonic() - start
+                if on_start:
+                    on_start(proc.pid)
+                try:
+                    _wait(proc, start, limit_seconds, on_tick)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                except KeyboardInterrupt:
+                    interrupted = True
+                wall = time.monotonic() - start
+            finally:
+                contention = sampler.stop()  # before the kill: the last sample sees whatever is still running
             if proc.poll() is None or group_alive(proc.pid):
                 kill_group(proc.pid, self.kill_grace, proc)  # also reaps children the script left behind
             proc.wait()
         text = log_path.read_text(encoding="utf-8", errors="replace")
         returncode = None if (timed_out or interrupted) else proc.returncode
-        return RunOutcome(returncode, wall, timed_out, log_path, read_tail(log_path), parse_summary(text), interrupted)
+        return RunOutcome(returncode, wall, timed_out, log_path, read_tail(log_path), parse_summary(text), interrupted,
+                          contention.cpu_seconds, contention.dilation)
