@@ -2,13 +2,15 @@
 
 Builds a throw-away `gpt` workspace (`init_workspace(dir, "gpt")`, then `python prepare.py` on the embedded corpus,
 with the data cache the environment gives: AUTORESEARCH_CACHE or ~/.cache/autoresearch), wires a `Runner` with
-`run_session`'s own `build_runner` (RunSpec from the config, the sandbox, the protected paths), and for each repetition (seeds 1, 2, ...):
+`run_session`'s own `build_runner` (RunSpec from the config, the sandbox, the protected paths), opens one trial as the
+loop does for a baseline (`Trials(ws, "bench").reopen(1, head, head)`: a detached worktree of the commit under
+.autoresearch/trials/bench/1, its ref, its run folder .autoresearch/runs/1), and for each repetition (seeds 1, 2, ...):
 
-- `runner.train(seed, log)`: the sandboxed training process (timed by the harness: `run.out.wall_seconds`; its
-  printed `exported model.pt2 in X.Xs` is the export), then the harness's checks, a fresh `git archive` copy of
-  the workspace and the locked evaluator in it under bubblewrap (load, causality probe, fingerprint, val_bpb;
-  its own breakdown is read from `<log stem>-evaluate.log`);
-- `runner.score_test([seed], [run.artifacts])`: the hidden test split, as the loop does for a kept candidate.
+- `runner.train(trial, seed, log)`: the sandboxed training process in the trial's worktree (timed by the harness:
+  `run.out.wall_seconds`; its printed `exported model.pt2 in X.Xs` is the export), then the harness's checks, a
+  fresh `git archive` copy of the trial's commit and the locked evaluator in it under bubblewrap (load, causality
+  probe, fingerprint, val_bpb; its own breakdown is read from `<log stem>-evaluate.log`);
+- `runner.score_test(trial, [seed], [run.artifacts])`: the hidden test split, as the loop does for a kept candidate.
 
 The evaluation's cost of one run = export + evaluator wall (the `train()` call minus the training process: checks,
 archive, sandbox, process start-up with the torch import, load, probe, val scoring) + test-split scoring (only
@@ -42,6 +44,7 @@ from autoresearch.runner import Runner
 from autoresearch.session import build_runner as build_runner_for_session
 from autoresearch.session import open_workspace
 from autoresearch.summary import parse_summary
+from autoresearch.trial import Trial, Trials
 from autoresearch.workspace import init_workspace
 
 HERE = Path(__file__).resolve().parent
@@ -57,21 +60,21 @@ class TimedExecutor(LocalExecutor):
         super().__init__()
         self.calls: list[dict] = []
 
-    def run(self, workspace, command, env, limit_seconds, log_path, on_start=None):
-        out = super().run(workspace, command, env, limit_seconds, log_path, on_start=on_start)
+    def run(self, workspace, command, env, limit_seconds, log_path, on_start=None, on_tick=None):
+        out = super().run(workspace, command, env, limit_seconds, log_path, on_start=on_start, on_tick=on_tick)
         self.calls.append({"log": log_path.name, "wall_seconds": out.wall_seconds, "returncode": out.returncode})
         return out
 
 
 class TimedRunner(Runner):
-    """The real Runner; only times `fresh_evaluator_dir` (git archive of HEAD, extracted into a new folder)."""
+    """The real Runner; only times `fresh_evaluator_dir` (git archive of the trial's commit, extracted into a new folder)."""
 
     archive_seconds: list[float]
 
-    def fresh_evaluator_dir(self, target: Path) -> Path:
+    def fresh_evaluator_dir(self, trial: Trial, target: Path) -> Path:
         t0 = time.perf_counter()
         try:
-            return super().fresh_evaluator_dir(target)
+            return super().fresh_evaluator_dir(trial, target)
         finally:
             self.archive_seconds.append(time.perf_counter() - t0)
 
@@ -92,10 +95,18 @@ def build_runner(root: Path, budget: float, echo) -> tuple[TimedRunner, TimedExe
     """As `run_session` wires it (src/autoresearch/session.py), with the budget given and timing subclasses."""
     config = load_config(root)
     executor = TimedExecutor()
-    runner = build_runner_for_session(root, config, open_workspace(root, config), budget, "cpu", echo, executor, TimedRunner)
+    runner = build_runner_for_session(root, config, budget, "cpu", echo, executor, TimedRunner)
     echo(f"budget {budget:g}s, killed at {runner.spec.limit_seconds:g}s")
     runner.archive_seconds = []
     return runner, executor
+
+
+def open_trial(root: Path) -> tuple[Trials, Trial]:
+    """The workspace's commit as a trial, as the loop opens a baseline's: a worktree, a ref, a run folder."""
+    ws = open_workspace(root, load_config(root))
+    head = ws.head()
+    trials = Trials(ws, "bench")
+    return trials, trials.reopen(1, head, head)
 
 
 def timed(command, cwd: Path, env: dict, n: int) -> float:
@@ -108,7 +119,7 @@ def timed(command, cwd: Path, env: dict, n: int) -> float:
     return statistics.median(walls)
 
 
-def micro(runner: TimedRunner, root: Path) -> dict:
+def micro(runner: TimedRunner, trial: Trial, root: Path) -> dict:
     """Context for the start-up figure: bubblewrap around a no-op, Python, Python importing torch."""
     env = command_env()
     out = {"python_seconds": timed([sys.executable, "-c", "pass"], root, env, 5),
@@ -122,7 +133,7 @@ def micro(runner: TimedRunner, root: Path) -> dict:
     t0 = time.perf_counter()
     n = 5
     for _ in range(n):
-        runner.fresh_evaluator_dir(root / STATE_DIR / "micro-evaluator")
+        runner.fresh_evaluator_dir(trial, root / STATE_DIR / "micro-evaluator")
     runner.archive_seconds.clear()
     out["git_archive_extract_seconds"] = (time.perf_counter() - t0) / n
     return {k: round(v, 4) for k, v in out.items()}
@@ -137,12 +148,12 @@ def evaluator_breakdown(log: Path, process_wall: float) -> dict:
             "metric": summary.get("val_bpb", summary.get("test_bpb"))}
 
 
-def one_run(runner: TimedRunner, executor: TimedExecutor, seed: int, log_dir: Path, echo) -> tuple[dict, list[Path]]:
-    log = log_dir / f"run-seed{seed}.log"
+def one_run(runner: TimedRunner, executor: TimedExecutor, trial: Trial, seed: int, echo) -> tuple[dict, list[Path]]:
+    log = trial.run_dir / f"run-seed{seed}.log"
     runner.archive_seconds.clear()
     n_calls = len(executor.calls)
     t0 = time.perf_counter()
-    run = runner.train(seed, log)
+    run = runner.train(trial, seed, log)
     train_call = time.perf_counter() - t0
     if run.failure:
         raise SystemExit(f"seed {seed}: the run ended {run.failure} ({run.reason}); see {log}")
@@ -163,7 +174,7 @@ def one_run(runner: TimedRunner, executor: TimedExecutor, seed: int, log_dir: Pa
     runner.archive_seconds.clear()
     n_calls = len(executor.calls)
     t0 = time.perf_counter()
-    mean, values, why = runner.score_test([seed], [run.artifacts])
+    mean, values, why = runner.score_test(trial, [seed], [run.artifacts])
     test_wall = time.perf_counter() - t0
     if mean is None:
         raise SystemExit(f"seed {seed}: the test split was not scored: {why}")
@@ -247,14 +258,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"prepare.py failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         echo(f"prepare: {time.time() - t0:.1f}s ({done.stdout.strip().splitlines()[0] if done.stdout.strip() else ''})")
         runner, executor = build_runner(root, args.budget, echo)
-        context = micro(runner, root)
+        trials, trial = open_trial(root)
+        echo(f"trial: worktree {trial.tree.root.relative_to(root)} at {trial.commit[:7]}, ref {trial.ref}")
+        context = micro(runner, trial, root)
         echo("context: " + ", ".join(f"{k} {v}" for k, v in context.items()))
-        log_dir = root / STATE_DIR / "runs" / "bench"
         runs = []
         for seed in range(1, args.repeats + 1):
-            result, logs = one_run(runner, executor, seed, log_dir, echo)
+            result, logs = one_run(runner, executor, trial, seed, echo)
             runs.append(result)
             run_logs += logs
+        trials.close(trial.id, keep_models=False)
         logs_text = []
         for path in run_logs:
             logs_text.append(f"\n===== {path.relative_to(root)} =====\n{path.read_text(encoding='utf-8', errors='replace').rstrip()}")

@@ -6,12 +6,19 @@ runs the real research loop in-process (`run_session`, perturb agent) for N expe
 
 - journal overhead  = experiment_seconds - wall_seconds: what the journal attributes to the harness (a row spans
   the experiment from the moment the agent is asked to the moment it is recorded; propose_seconds is part of it);
-- unattributed gap  = started_at - the previous row's ended_at: time between two journal rows (the reset after
-  a discard, building the next context, proposals skipped as duplicates);
+- unattributed gap  = started_at - the previous row's ended_at: time between two journal rows (moving the branch
+  after a keep, building the next context, proposals skipped as duplicates); the trial's worktree is removed
+  before its row ends, and the next one is added after the next row starts, so both are in the journal overhead;
 - full cycle        = ended_at - the previous row's ended_at - wall_seconds: everything the harness spent on this
   experiment besides the training process, duplicates skipped on the way included (gap + experiment - wall);
 - no-op run wall    = wall_seconds: the training process itself (sh + Python start-up) as the harness timed it,
   and the same command timed directly (subprocess.run, no harness) for context.
+
+Then, on the same workspace (its branch, trial refs and objects as the loop left them), it times what every
+trial pays for its worktree, as the harness does it: `Workspace.add_worktree(folder, commit)` (a `git worktree
+prune`, then `git worktree add --detach`) and `Workspace.remove_worktree(folder)` (`git worktree remove --force
+--force`, an rmtree of anything left, `git worktree prune`), at the branch's tip, in a folder under
+.autoresearch/trials/ like a trial's, --worktrees times (30 by default); median and p90 of each.
 
 Target: a median under 0.5 s per experiment.
 
@@ -125,6 +132,32 @@ def direct_noop_wall(root: Path, repeats: int) -> list[float]:
     return times
 
 
+def worktree_costs(root: Path, repeats: int) -> dict:
+    """`Workspace.add_worktree` then `Workspace.remove_worktree`, as a trial does them, timed apart, `repeats` times."""
+    from autoresearch.config import load_config
+    from autoresearch.session import open_workspace
+
+    ws = open_workspace(root, load_config(root))
+    commit = ws.resolve("refs/heads/autoresearch/bench")
+    add, remove = [], []
+    for i in range(repeats):
+        folder = ws.root / ".autoresearch" / "trials" / "worktree-bench" / str(i + 1)
+        t0 = time.monotonic()
+        tree = ws.add_worktree(folder, commit)
+        t1 = time.monotonic()
+        assert (tree.root / "train.py").is_file(), folder
+        t2 = time.monotonic()
+        ws.remove_worktree(folder)
+        t3 = time.monotonic()
+        assert not folder.exists(), folder
+        add.append(t1 - t0)
+        remove.append(t3 - t2)
+    left = [line for line in ws.git("worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+    assert len(left) == 1, left  # only the main checkout: every trial worktree is gone
+    return {"repetitions": repeats, "commit": commit, "add_worktree": stats(add), "remove_worktree": stats(remove),
+            "add_plus_remove": stats([a + r for a, r in zip(add, remove)])}
+
+
 def read_rows(root: Path) -> list[dict]:
     db = sqlite3.connect(f"file:{root / '.autoresearch' / 'journal.sqlite'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
@@ -194,10 +227,13 @@ def main() -> int:
     parser.add_argument("--experiments", type=int, default=50, help="experiments after the baseline (default 50)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "harness_overhead.json")
     parser.add_argument("--direct", type=int, default=20, help="times to run the no-op command directly, for context (default 20)")
+    parser.add_argument("--worktrees", type=int, default=30,
+                        help="times to add and remove a worktree as a trial does, timed apart (default 30)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
     parser.add_argument("--profile", type=int, metavar="TOP", default=0, help="run the loop under cProfile; print the TOP functions")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     tmp = tempfile.mkdtemp(prefix="autoresearch-overhead-")
     root = Path(tmp) / "ws"
     root.mkdir()
@@ -207,6 +243,7 @@ def main() -> int:
     rows = read_rows(root)
     figures = analyse(rows)
     figures["direct_noop_wall"] = stats(direct_noop_wall(root, args.direct))
+    worktrees = worktree_costs(root, args.worktrees) if args.worktrees else None
     statuses = {}
     for r in rows:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
@@ -219,6 +256,7 @@ def main() -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version(),
                     "git": subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()},
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "experiments_requested": args.experiments,
         "experiments_run": len(experiments),
         "rows": len(rows),
@@ -232,6 +270,7 @@ def main() -> int:
         "seconds_per_experiment_end_to_end": ((rows[-1]["ended_at"] - rows[0]["ended_at"]) / max(1, len(experiments))
                                               if len(rows) > 1 else None),
         "figures": figures,
+        "worktree": worktrees,
         "target_median_seconds": TARGET_MEDIAN_SECONDS,
         "target_met_journal_overhead": figures["journal_overhead"].get("median", float("inf")) < TARGET_MEDIAN_SECONDS,
         "target_met_full_cycle": figures["full_cycle_overhead"].get("median", float("inf")) < TARGET_MEDIAN_SECONDS,
@@ -239,7 +278,14 @@ def main() -> int:
 
     print(f"{len(experiments)} experiments (+ baseline) in {session_seconds:.1f}s in-process"
           f"{' under cProfile' if args.profile else ''}; statuses {statuses}; {skipped} duplicate proposals skipped")
+    print(f"load average before {load_before[0]:.2f}, after {result['load_average']['after'][0]:.2f} ({os.cpu_count()} CPUs)")
     print_table(figures)
+    if worktrees:
+        print(f"\n{'worktree, as a trial does it, seconds':<42} {'n':>3} {'median':>8} {'p90':>8} {'mean':>8} {'max':>8}")
+        for key in ("add_worktree", "remove_worktree", "add_plus_remove"):
+            w = worktrees[key]
+            print(f"{'Workspace.' + key if key != 'add_plus_remove' else 'add + remove':<42} {w['n']:>3} {w['median']:>8.4f} "
+                  f"{w['p90']:>8.4f} {w['mean']:>8.4f} {w['max']:>8.4f}")
     for key in ("journal_overhead", "full_cycle_overhead"):
         median = figures[key].get("median")
         verdict = "met" if median is not None and median < TARGET_MEDIAN_SECONDS else "NOT met"

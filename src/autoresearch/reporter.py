@@ -10,9 +10,9 @@ PROGRESS_SECONDS = 30.0
 class Reporter:
     """The loop's only voice. `write` takes one line (print by default; tests collect or drop them)."""
 
-    def __init__(self, write=print, progress_seconds: float = PROGRESS_SECONDS):
+    def __init__(self, write=print, progress_seconds: float | None = None):
         self.write = write
-        self.progress_seconds = progress_seconds
+        self.progress_seconds = progress_seconds or PROGRESS_SECONDS
         self.said: set[str] = set()
 
     def say(self, text: str) -> None:

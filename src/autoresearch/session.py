@@ -106,7 +106,7 @@ def ensure_branch(ws: Workspace, ledger_rows, tag: str, echo) -> str:
 
 def protocol_of(config: Config, settings: Settings, seconds: float, ws: Workspace, commit: str) -> dict:
     """What a tag's measurements must share: a change of any of these is a new tag or a new segment."""
-    return {"budget_seconds": seconds, "seeds": settings.seeds, "baseline_seeds": settings.baseline_seeds,
+    return {"budget_seconds": float(seconds), "seeds": settings.seeds, "baseline_seeds": settings.baseline_seeds,
             "threshold_sigmas": config.decide.threshold_sigmas, "device": settings.device,
             "run": config.commands.run, "evaluate": config.commands.evaluate, "test": config.commands.test,
             "locked_hash": ws.locked_hash_at(commit)}
@@ -119,7 +119,8 @@ def check_protocol(ledger: Ledger, protocol: dict, remeasure: bool, echo) -> Non
         if recorded is None:
             ledger.start_segment(protocol)
         return
-    differs = ", ".join(f"{k} {recorded.get(k)!r} → {protocol[k]!r}" if k != "locked_hash" else "the locked files"
+    shown = lambda v: f"{v:g}" if isinstance(v, float) else repr(v)
+    differs = ", ".join(f"{k} {shown(recorded.get(k))} → {shown(protocol[k])}" if k != "locked_hash" else "the locked files"
                         for k in protocol if recorded.get(k) != protocol[k])
     if not remeasure:
         raise UsageError(f"tag '{ledger.tag}' was measured under another protocol ({differs}); use a new --tag, or run "
@@ -183,10 +184,12 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
             loop.recover()  # what a kill left is cleaned up either way
             raise
         signal.signal(signal.SIGTERM, _raise_terminated)
-        if remeasure:
-            loop.remeasure()
-        else:
-            loop.run()
+        try:
+            loop.remeasure() if remeasure else loop.run()
+        except KeyboardInterrupt:
+            if _terminated:  # the interrupt a process under way turned SIGTERM into is still SIGTERM
+                raise Terminated() from None
+            raise
         return ledger, settings.maximize
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -195,7 +198,12 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         lock.release()
 
 
+_terminated = False
+
+
 def _raise_terminated(signum, frame):
+    global _terminated
+    _terminated = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
     raise Terminated()
 
