@@ -166,6 +166,14 @@ def read_rows(root: Path) -> list[dict]:
     return rows
 
 
+def source_state() -> dict:
+    """The commit of the code measured, and whether src/ had uncommitted changes (another engineer's, in progress)."""
+    repo = HERE.parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=repo, capture_output=True, text=True).stdout
+    return {"commit": commit, "src_uncommitted": [line[3:] for line in dirty.splitlines()]}
+
+
 def stats(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
@@ -257,6 +265,7 @@ def main() -> int:
                     "cpus": os.cpu_count(), "python": platform.python_version(),
                     "git": subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()},
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+        "source": source_state(),
         "experiments_requested": args.experiments,
         "experiments_run": len(experiments),
         "rows": len(rows),

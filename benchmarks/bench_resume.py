@@ -41,6 +41,9 @@ change the shutdown that the process wall time should include. Measured per repe
 One more child per case runs under cProfile (not counted in the repetitions); its top functions are printed
 and stored. In the parent, `Ledger.rows()` and `Ledger.write_results_tsv()` are timed on the finished journal,
 and while it is built, `rows()` every 100 rows and the cost of each `finish()`: how they grow with the journal.
+Last, --experiments-after real experiments (10; perturb agent, in-process) run on a copy of the clean journal and
+on a fresh one (a baseline only), measured as bench_harness_overhead.py does (journal overhead, full cycle), with
+the number of `Ledger.rows()` calls per experiment: what a long journal costs every later experiment.
 
     python benchmarks/bench_resume.py                    # 5 repetitions per case, JSON in benchmarks/results/
     python benchmarks/bench_resume.py --repeats 1 --rows 200 --out /tmp/r.json   # a quick check
@@ -70,7 +73,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_harness_overhead import TRAIN_PY, make_workspace, stats  # noqa: E402  (the same no-op task)
+from bench_harness_overhead import TRAIN_PY, make_workspace, source_state, stats  # noqa: E402  (the same no-op task)
 
 TAG = "resume"
 BRANCH = f"autoresearch/{TAG}"
@@ -452,6 +455,60 @@ def run_child(root: Path, out: Path, profile: Path | None = None) -> dict:
     return result
 
 
+def experiments_after(root: Path, n: int) -> dict:
+    """n real experiments (perturb agent) on the journal at `root`, in-process: the harness's cost per experiment
+    (as bench_harness_overhead.py measures it) and the number of Ledger.rows() calls per experiment."""
+    import sqlite3
+
+    from autoresearch.ledger import Ledger
+    from autoresearch.loop import Loop
+    from autoresearch.session import run_session
+
+    real_rows, real_step = Ledger.rows, Loop.step
+    counter = {"calls": 0, "seconds": 0.0, "steps": 0, "in_step": False}  # rows() inside Loop.step only
+
+    def rows(self, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return real_rows(self, *a, **kw)
+        finally:
+            if counter["in_step"]:
+                counter["calls"] += 1
+                counter["seconds"] += time.perf_counter() - t0
+
+    def step(self):
+        counter["in_step"], counter["steps"] = True, counter["steps"] + 1
+        try:
+            return real_step(self)
+        finally:
+            counter["in_step"] = False
+
+    before = 0  # a fresh workspace has no journal yet
+    if (root / ".autoresearch" / "journal.sqlite").exists():
+        db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
+        before = db.execute("SELECT COALESCE(MAX(id), 0) FROM experiments").fetchone()[0]
+        db.close()
+    lines: list[str] = []
+    Ledger.rows, Loop.step = rows, step
+    try:
+        ledger, _ = run_session(root, tag=TAG, agent_name="perturb", max_experiments=n,
+                                echo=lambda *a: lines.append(" ".join(map(str, a))))
+        ledger.close()
+    finally:
+        Ledger.rows, Loop.step = real_rows, real_step
+    db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
+    new = db.execute("SELECT started_at, ended_at, wall_seconds, experiment_seconds FROM experiments"
+                     " WHERE id > ? AND state = 'done' AND agent != 'baseline' ORDER BY id", (before,)).fetchall()
+    db.close()
+    cycle = [e - pe - w for (_, pe, _, _), (_, e, w, _) in zip(new, new[1:])]
+    skipped = sum(1 for line in lines if line.lstrip().startswith("skipped"))
+    return {"journal_rows_before": before, "experiments": len(new), "duplicates_skipped": skipped,
+            "journal_overhead": stats([x - w for _, _, w, x in new]), "full_cycle_overhead": stats(cycle),
+            "steps": counter["steps"], "rows_calls_in_steps": counter["calls"],
+            "rows_calls_per_experiment": counter["calls"] / max(1, len(new)),
+            "rows_seconds_per_experiment": counter["seconds"] / max(1, len(new))}
+
+
 def profile_report(path: Path, top: int) -> str:
     out = io.StringIO()
     st = pstats.Stats(str(path), stream=out).strip_dirs()
@@ -499,6 +556,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1000, help="rows in the journal, the baseline included (default 1000)")
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per case (default 5)")
     parser.add_argument("--profile", type=int, metavar="TOP", default=30, help="functions of the cProfile to print (0: no profile)")
+    parser.add_argument("--experiments-after", type=int, default=10,
+                        help="real experiments run on the resumed journal and on a fresh one, for the cost per experiment (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "resume.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
@@ -558,6 +617,26 @@ def main() -> int:
         cases[name] = {"figures": figures, "runs": [{k: v for k, v in r.items() if k != "echo"} for r in runs],
                        "echo_first_run": runs[0]["echo"], "profile_top": report}
 
+    steady = {}
+    if args.experiments_after:
+        fresh = tmp / "fresh"
+        fresh.mkdir()
+        make_workspace(fresh)
+        for name, root in (("fresh journal", fresh), (f"{args.rows}-row journal", tmp / "steady")):
+            if root.name == "steady":
+                copy_for_run(clean, root, None)
+            steady[name] = experiments_after(root, args.experiments_after)
+        print(f"\n== {args.experiments_after} experiments after the resume (perturb agent, in-process), against the same "
+              "on a fresh journal; seconds per experiment")
+        print("(medians; rows() calls and seconds: in the loop's steps, skipped duplicates included, per experiment run)")
+        print(f"{'':<22} {'rows before':>11} {'n':>3} {'skipped':>7} {'journal overhead':>17} {'full cycle':>11} "
+              f"{'rows() calls':>13} {'rows() s':>9}")
+        for name, v in steady.items():
+            print(f"{name:<22} {v['journal_rows_before']:>11} {v['experiments']:>3} {v['duplicates_skipped']:>7} "
+                  f"{v['journal_overhead']['median']:>17.3f} "
+                  f"{v['full_cycle_overhead']['median']:>11.3f} {v['rows_calls_per_experiment']:>13.1f} "
+                  f"{v['rows_seconds_per_experiment']:>9.3f}")
+
     load_after = os.getloadavg()
     result = {
         "benchmark": f"resume of a tag with a journal of {args.rows} rows, to the agent's first proposal",
@@ -566,12 +645,14 @@ def main() -> int:
                     "cpus": os.cpu_count(), "python": platform.python_version(),
                     "git": subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()},
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
+        "source": source_state(),
         "rows": args.rows,
         "repeats": args.repeats,
         "journal": built,
         "killed": killed,
         "micro_on_full_journal": micro,
         "cases": cases,
+        "experiments_after_resume": steady,
         "total_wall_seconds": round(time.time() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

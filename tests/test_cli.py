@@ -136,9 +136,10 @@ def test_train_without_prepared_data_says_what_to_run(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.timeout(900)
 def test_demo_runs_the_loop_and_refuses_to_clobber(tmp_path, kjv_env):
     demo = tmp_path / "demo"
-    result = cli("demo", str(demo), "--budget", "2", "--experiments", "1", env=kjv_env)
+    result = cli("demo", str(demo), "--budget", "2", "--experiments", "1", env=kjv_env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "Best val_bpb:" in result.stdout and "results.tsv" in result.stdout
     # results.tsv loads exactly as the anchor's analysis notebook loads it
@@ -146,7 +147,10 @@ def test_demo_runs_the_loop_and_refuses_to_clobber(tmp_path, kjv_env):
     assert list(table.columns) == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert len(table) == 2 and table["status"].iloc[0] == "keep" and table["description"].iloc[0] == "baseline"
     assert math.isfinite(table["val_bpb"].iloc[0]) and table["memory_gb"].iloc[0] > 0
-    assert git(demo, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/demo\n"
+    assert git(demo, "rev-parse", "--abbrev-ref", "HEAD") == "main\n"  # the checkout is never switched
+    best = table["commit"].iloc[1] if table["status"].iloc[1] == "keep" else table["commit"].iloc[0]
+    assert git(demo, "rev-parse", "autoresearch/demo").startswith(best)
+    assert "--budget 2 --max-experiments 20" in result.stdout  # the hint resumes under the same protocol
     assert_one_line_error(cli("demo", str(demo), "--budget", "2", env=kjv_env), "--force")
     other = tmp_path / "other"
     other.mkdir()

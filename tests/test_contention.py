@@ -91,8 +91,10 @@ def test_low_priority_helpers_that_only_wait_do_not_inflate_the_dilation(tmp_pat
     assert len({pid for pid, _ in sampler.latest}) >= helpers + 1  # the helpers were seen
     summed = (result.cpu_seconds + result.wait_seconds) / result.cpu_seconds
     worst = max((c + w) / c for c, w in stats if c > 0)
-    assert result.dilation < 3, (result, worst)
-    assert summed > result.dilation and worst > result.dilation  # a sum, or the worst thread, would have said more
+    # The busiest thread's own dilation, however loaded the machine is: a sum, or the worst thread, says more.
+    busiest = max(stats, key=lambda cw: cw[0])
+    assert result.dilation == pytest.approx(min(10.0, max(1.0, sum(busiest) / busiest[0]))), (result, worst)
+    assert summed > result.dilation and worst > result.dilation, (result, summed, worst)
 
 
 def test_allowed_seconds_stretches_the_allowance_by_the_clamped_dilation():

@@ -34,8 +34,10 @@ def run_demo(directory: Path, force: bool, budget: float, experiments: int, echo
     render_status(ledger, maximize)
     echo("")
     echo(f"Results: {workspace / 'results.tsv'} (Karpathy's five columns), the journal {workspace / '.autoresearch' / 'journal.sqlite'},")
-    echo(f"and one log per run under {workspace / '.autoresearch' / 'runs'}. The branch autoresearch/demo holds every kept change.")
-    echo(f"Continue: cd {directory} && autoresearch run --tag demo --max-experiments 20   (resumes this branch)")
+    echo(f"and one log per run under {workspace / '.autoresearch' / 'runs'}. The branch autoresearch/demo holds every kept change;")
+    echo("every experiment's commit, kept or not, is under refs/autoresearch/demo/<id> (git show refs/autoresearch/demo/3).")
+    echo(f"Continue: cd {directory} && autoresearch run --tag demo --budget {budget:g} --max-experiments 20   (resumes this branch,")
+    echo(f"under the same {budget:g} s budget; another budget is a new tag, or `autoresearch baseline --tag demo --budget S`)")
     echo("With an LLM: pip install -e '.[llm]', then autoresearch run --agent openai --model gpt-5 (key in $OPENAI_API_KEY),")
     echo("--agent anthropic --model claude-sonnet-4-5 (key in $ANTHROPIC_API_KEY), or --agent command --command '<coding-agent CLI>'.")
     return workspace

@@ -134,10 +134,12 @@ class Row:
 class Ledger:
     """Journal rows for one branch, and the results.tsv tables that mirror them.
 
-    The best is the best kept measurement of the branch's current segment, in the metric's direction; a commit
-    measured more than once counts by its latest measurement (`autoresearch baseline` refreshes it). Concurrent
-    keeps (several workers) follow the same rule: whichever kept measurement is best is the best, and the branch
-    is moved to it by compare-and-swap; equal metrics go to the earlier row."""
+    The best is the best kept measurement of the branch's current segment, in the metric's direction, among the
+    keeps that no later keep was built on: a keep supersedes its parent (a kept simplification may be a little
+    worse than the parent it simplifies, within the noise, and is still the new best). A commit measured more than
+    once counts by its latest measurement (`autoresearch baseline` refreshes it). Sequentially that is the latest
+    keep; concurrent keeps (several workers on one parent) follow the same rule: the best of them is the best, the
+    branch is moved to it by compare-and-swap, and equal metrics go to the earlier row."""
 
     def __init__(self, root: Path, branch: str, metric_name: str, maximize: bool = False):
         self.root = Path(root)
@@ -287,10 +289,12 @@ class Ledger:
         for r in self.segment_rows():
             if r.status == "keep" and r.metric is not None:
                 latest[r.commit_sha] = r
-        if not latest:
+        superseded = {r.parent_commit for r in latest.values() if r.parent_commit != r.commit_sha}
+        current = [r for c, r in latest.items() if c not in superseded] or list(latest.values())
+        if not current:
             return None
         sign = -1.0 if self.maximize else 1.0
-        return min(latest.values(), key=lambda r: (sign * r.metric, r.id))
+        return min(current, key=lambda r: (sign * r.metric, r.id))
 
     def noise_sigma(self) -> float | None:
         """σ of the metric between seeds, pooled over every experiment of the segment measured more than once."""

@@ -141,8 +141,8 @@ class Loop:
         self.sync_branch()
         shown = f"{m.metric:.6f}" if m.metric is not None else "-"
         self.reporter.say(f"  {m.status:<9} {shown:>10}  {description}" + ("" if keep and best is not None else f"  ({m.reason})"))
-        if test_state:
-            self.score_test(row, trial, m.seeds, m.artifacts)
+        if test_state:  # the worktree is gone: the evaluator's copy of the commit comes from the repository
+            self.score_test(row, dataclasses.replace(trial, tree=self.ws), m.seeds, m.artifacts)
         return Result(description, m.status, m.metric, m.reason, {"ran": True, "log_tail": m.log_tail, "values": m.values,
                       "log": str(trial.run_dir / "run.log"), "summary": m.runs[0].out.summary if m.runs else {}})
 
