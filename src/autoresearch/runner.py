@@ -121,7 +121,8 @@ class Runner:
             return "invalid", (f"held-out or evaluation data changed during the run: {', '.join(changed[:3])}; "
                                "delete it and run `autoresearch prepare` to restore it")
         if out.timed_out:
-            return "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.spec.limit_seconds:.0f}s)"
+            stretched = f", stretched {out.dilation:.2g}x for CPU contention" if out.dilation > 1 else ""
+            return "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.spec.limit_seconds:.0f}s{stretched})"
         budget, allowance = self.spec.budget_seconds, self.spec.startup_allowance
         allowed = allowed_seconds(budget, allowance, out.dilation)
         if out.wall_seconds > allowed:

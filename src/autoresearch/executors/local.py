@@ -51,19 +51,21 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
         return "".join(deque(f, maxlen=lines))
 
 
-def _wait(proc: subprocess.Popen, start: float, limit_seconds: float, on_tick=None, every: float = 1.0) -> None:
-    """Wait for `proc` until the limit (TimeoutExpired past it), calling on_tick(seconds so far) about every second."""
+def _wait(proc: subprocess.Popen, start: float, limit_seconds: float, on_tick=None, stretch=None, every: float = 1.0) -> None:
+    """Wait for `proc` until the limit (TimeoutExpired past it), calling on_tick(seconds so far) about every second.
+    `stretch()` (≥ 1) widens the limit by the CPU contention the run has met so far: a hang that sleeps is not
+    stretched, and an honest run on a busy machine is not killed for being slowed down."""
     while True:
-        left = limit_seconds - (time.monotonic() - start)
+        elapsed = time.monotonic() - start
+        left = limit_seconds * (stretch() if stretch else 1.0) - elapsed
         if left <= 0:
             raise subprocess.TimeoutExpired(proc.args, limit_seconds)
         try:
-            proc.wait(timeout=min(left, every) if on_tick else left)
+            proc.wait(timeout=min(left, every))
             return
         except subprocess.TimeoutExpired:
-            if on_tick is None:
-                raise
-            on_tick(time.monotonic() - start)
+            if on_tick is not None:
+                on_tick(time.monotonic() - start)
 
 
 class LocalExecutor:
@@ -85,7 +87,7 @@ class LocalExecutor:
                 if on_start:
                     on_start(proc.pid)
                 try:
-                    _wait(proc, start, limit_seconds, on_tick)
+                    _wait(proc, start, limit_seconds, on_tick, lambda: sampler.result().dilation)
                 except subprocess.TimeoutExpired:
                     timed_out = True
                 except KeyboardInterrupt:
