@@ -82,14 +82,15 @@ def report(rows, outcomes, budget, allowance):
     for row, out in zip(rows, outcomes):
         print(f"  {row['description']:<28} {row['status']:<8} wall {row['wall_seconds']:6.1f}s  R {out.dilation:4.2f}  "
               f"allowed {allowed_seconds(budget, allowance, out.dilation):6.1f}s (quiet rule {budget + allowance:g}s)  "
-              f"cpu {out.cpu_seconds or 0:5.1f}s  trained {row['summary'].get('training_seconds', '-')}s  {row['reason'][:90]}")
+              f"cpu {out.cpu_seconds or 0:5.1f}s  trained {row['summary'].get('training_seconds', '-')}s  "
+              f"{row['reason'][:90]}")
 
 
 def rows_with_summaries(ws):
     return [{**r, "summary": json.loads(r["summary_json"])} for r in journal_rows(ws)]
 
 
-@pytest.mark.timeout(900)  # about 190 s on 2 cores already busy with other work: 2 loaded runs of ~65 s, 2 evaluations
+@pytest.mark.timeout(900)  # 160-210 s on 2 cores already busy with other work: 2 loaded runs of 50-65 s, 2 evaluations
 def test_the_integrity_suites_honest_candidate_is_not_over_budget_under_load(tmp_path, kjv_cache, monkeypatch,
                                                                           loaded_training):
     # The suite's settings (1 s budget, 25 s start-up allowance), one seed each; the kill limit raised from 62 s
@@ -128,7 +129,7 @@ ALLOWANCE = 2.0
 BUDGET = 16.0
 # With p = the harness's own start-up (sh, sandbox, python: about 0.1-0.2 s measured) and R the run's dilation:
 #   quiet (R = 1): honest ≈ 1.2 + 16 = 17.2 s ≤ 18 allowed; the cheat ≈ 1.2 + 20.8 = 22 s > 18 (by 4 s).
-#   loaded: honest ≈ 1.2·R_startup + 16 ≤ 16 + 2·R while its start-up is dilated at most 1.7x the run's R on the whole;
+#   loaded: honest ≈ 1.2·R_startup + 16 ≤ 16 + 2·R while its start-up is dilated at most 1.7x the whole run's R;
 #   the cheat ≈ 1.2·R + 20.8 > 16 + 2·R while R < 6 (2 burners on 2 cores busy with other work: R about 1.5-3).
 TASK = '''\
 """A stand-in for a training script: a CPU-bound start-up, then a wall-clock training loop of the budget."""
@@ -147,7 +148,7 @@ print(f"score: {{SCORE}}")
 '''
 
 
-@pytest.mark.timeout(400)  # about 65 s: three loaded runs of 17-23 s
+@pytest.mark.timeout(400)  # about 65 s: three loaded runs of 18-25 s
 def test_a_run_30_percent_over_its_budget_is_invalid_under_load(tmp_path, loaded_training):
     train = TASK.format(iterations=calibrated_iterations(STARTUP_CPU), cpu=STARTUP_CPU)  # calibrated before the load
     ws = make_task(tmp_path / "ws", train=train, extra_config=f"startup_allowance_seconds = {ALLOWANCE:g}\n\n"

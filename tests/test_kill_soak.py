@@ -1,4 +1,4 @@
-"""Kill soak: SIGKILL the harness at 20 failpoints across every phase of one tag, and check the journal, git and processes after each resume."""
+"""Kill soak: SIGKILL the harness 20 times over every phase of one tag; each resume leaves journal, git and processes sound."""
 
 import json
 import math
@@ -225,8 +225,9 @@ def check_recovered_invariants(root, records, interrupted_before, open_at_kill, 
 
     # No process of an earlier run is alive.
     alive = [(pid, ident) for pid, ident in recorded_processes(records) if still_running(pid, ident)]
+    owners = [brief(r) for r in records if {pid for pid, _ in recorded_processes([r])} & {pid for pid, _ in alive}]
     assert not alive, f"{where} recorded processes still alive: " \
-        f"{[(pid, psutil.Process(pid).cmdline()[-1][-60:]) for pid, _ in alive if psutil.pid_exists(pid)]}"
+        f"{[(pid, psutil.Process(pid).cmdline()[-1][-60:]) for pid, _ in alive if psutil.pid_exists(pid)]}, of rows {owners}"
     naming = processes_naming(root)
     assert not naming, f"{where} processes naming the workspace: {naming}"
 
@@ -280,7 +281,8 @@ def test_twenty_kills_across_every_phase_leave_a_consistent_tag(tmp_path):
         at_kill = rows(root)
         open_at_kill = {r["id"] for r in at_kill if r["state"] == "running"}
         if victim.returncode != -9:
-            assert not open_at_kill, f"[{label}] a clean exit left rows open: {[brief(r) for r in at_kill if r['state'] == 'running']}"
+            assert not open_at_kill, \
+                f"[{label}] a clean exit left rows open: {[brief(r) for r in at_kill if r['state'] == 'running']}"
         orphans += len({pid for pid, ident in recorded_processes(at_kill) if still_running(pid, ident)})
         in_baseline += any(r["agent"] == "baseline" for r in at_kill if r["id"] in open_at_kill)
 

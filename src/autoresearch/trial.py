@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,19 @@ class Trials:
                 shutil.rmtree(models, ignore_errors=True)
 
     def leftovers(self) -> list[Path]:
-        """Worktrees of this tag left by a kill."""
-        top = self.state / "trials" / self.tag
-        return sorted(p for p in top.iterdir() if p.is_dir()) if top.is_dir() else []
+        """Worktrees left by a kill: this tag's trials, and command-agent scratch trees whose process is gone."""
+        top, scratch = self.state / "trials" / self.tag, self.state / "agent"
+        found = sorted(p for p in top.iterdir() if p.is_dir()) if top.is_dir() else []
+        if scratch.is_dir():
+            found += sorted(p for p in scratch.iterdir() if p.is_dir() and not (p.name.isdigit() and _alive(int(p.name))))
+        return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
