@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoresearch import UsageError
 from autoresearch.failpoints import failpoint
+from autoresearch.orphans import pid_alive
 
 STATE_DIR = ".autoresearch"
 STATUSES = ("keep", "discard", "crash", "timeout", "invalid")
@@ -152,6 +153,10 @@ class Ledger:
         state.mkdir(exist_ok=True)
         if not (state / ".gitignore").exists():  # the harness's state is never part of anybody's commit
             (state / ".gitignore").write_text("*\n")
+        for tmp in state.glob(".*.tmp"):  # a table rewrite a kill cut short (a live writer's file is its own pid's)
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if not (pid.isdigit() and pid_alive(int(pid))):
+                tmp.unlink(missing_ok=True)
         path = state / "journal.sqlite"
         try:
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -172,7 +177,12 @@ class Ledger:
         self.db.close()
 
     def rows(self, branch: str | None = None) -> list[Row]:
-        cur = self.db.execute(f"SELECT {COLUMNS} FROM experiments WHERE branch = ? ORDER BY id", (branch or self.branch,))
+        return self.where("1", (), branch)
+
+    def where(self, condition: str, params: tuple = (), branch: str | None = None) -> list[Row]:
+        """The branch's rows matching an SQL condition, in order: most callers need a few rows of a long journal."""
+        cur = self.db.execute(f"SELECT {COLUMNS} FROM experiments WHERE branch = ? AND ({condition}) ORDER BY id",
+                              (branch or self.branch, *params))
         return [Row(*r) for r in cur.fetchall()]
 
     def branches(self) -> list[str]:
@@ -181,9 +191,15 @@ class Ledger:
     def row(self, row_id: int) -> Row:
         return Row(*self.db.execute(f"SELECT {COLUMNS} FROM experiments WHERE id = ?", (row_id,)).fetchone())
 
-    def segment_rows(self) -> list[Row]:
-        """The rows of the current measured segment: what the best and the noise are computed from."""
-        return [r for r in self.rows() if r.segment == self.segment]
+    def history(self) -> list[sqlite3.Row]:
+        """What the agent's context needs of every finished row, without the logs."""
+        self.db.row_factory = sqlite3.Row
+        try:
+            return self.db.execute("SELECT id, commit_sha, metric, status, description, reason, agent,"
+                                   " CASE WHEN status = 'keep' THEN diff ELSE '' END AS diff FROM experiments"
+                                   " WHERE branch = ? AND state = 'done' ORDER BY id", (self.branch,)).fetchall()
+        finally:
+            self.db.row_factory = None
 
     # -- the protocol ------------------------------------------------------------------------------------------
 
@@ -271,24 +287,25 @@ class Ledger:
 
     def interrupted(self) -> list[Row]:
         """Rows still open. Only the holder of the tag's lock calls this, so their owner is gone."""
-        return [r for r in self.rows() if r.state == "running"]
+        return self.where("state = 'running'")
 
     def to_retry(self) -> list[Row]:
         """Candidates cut off by a kill that were not re-measured yet (a re-measurement is tried once)."""
-        rows = self.segment_rows()
-        retried = {r.retry_of for r in rows if r.retry_of}
-        return [r for r in rows if r.state == "done" and r.reason.startswith(INTERRUPTED) and r.commit_sha
-                and r.retry_of is None and r.id not in retried and r.agent != "baseline"]
+        return self.where("segment = ? AND state = 'done' AND reason LIKE ? AND commit_sha IS NOT NULL AND retry_of IS NULL"
+                          " AND agent != 'baseline' AND id NOT IN (SELECT retry_of FROM experiments WHERE retry_of IS NOT NULL)",
+                          (self.segment, INTERRUPTED + "%"))
 
     def pending_tests(self) -> list[Row]:
-        return [r for r in self.rows() if r.status == "keep" and r.test_state == "pending"]
+        return self.where("status = 'keep' AND test_state = 'pending'")
+
+    def kept_ids(self) -> set[int]:
+        return {i for (i,) in self.db.execute("SELECT id FROM experiments WHERE status = 'keep'")}
 
     def best(self) -> Row | None:
         """The best kept measurement of the current segment (see the class docstring)."""
         latest: dict[str, Row] = {}
-        for r in self.segment_rows():
-            if r.status == "keep" and r.metric is not None:
-                latest[r.commit_sha] = r
+        for r in self.where("segment = ? AND status = 'keep' AND metric IS NOT NULL", (self.segment,)):
+            latest[r.commit_sha] = r
         superseded = {r.parent_commit for r in latest.values() if r.parent_commit != r.commit_sha}
         current = [r for c, r in latest.items() if c not in superseded] or list(latest.values())
         if not current:
@@ -299,24 +316,27 @@ class Ledger:
     def noise_sigma(self) -> float | None:
         """σ of the metric between seeds, pooled over every experiment of the segment measured more than once."""
         pooled, dof = 0.0, 0
-        for r in self.segment_rows():
-            values = r.values
-            if r.state == "done" and len(values) > 1:
+        for (values_json,) in self.db.execute("SELECT values_json FROM experiments WHERE branch = ? AND segment = ?"
+                                              " AND state = 'done' AND values_json LIKE '%,%'", (self.branch, self.segment)):
+            values = json.loads(values_json)
+            if len(values) > 1:
                 mean = sum(values) / len(values)
                 pooled += sum((v - mean) ** 2 for v in values)
                 dof += len(values) - 1
         return math.sqrt(pooled / dof) if dof else None
 
     def measured_hashes(self) -> set[str]:
-        return {r.editable_hash for r in self.segment_rows() if r.editable_hash and r.state == "done" and r.status != "invalid"}
+        return {h for (h,) in self.db.execute("SELECT editable_hash FROM experiments WHERE branch = ? AND segment = ? AND"
+                                              " state = 'done' AND status != 'invalid' AND editable_hash IS NOT NULL",
+                                              (self.branch, self.segment))}
 
     def write_results_tsv(self) -> None:
         """results.tsv with Karpathy's header; crashes and other failures are written as 0.000000 and 0.0.
         The tag's own copy is .autoresearch/tags/<tag>/results.tsv; the root one when this run owns it."""
         lines = [f"commit\t{self.metric_name}\tmemory_gb\tstatus\tdescription"]
-        for r in self.rows():
-            if r.state != "done":
-                continue
+        for r in self.db.execute("SELECT commit_sha, metric, memory_gb, status, description FROM experiments"
+                                 " WHERE branch = ? AND state = 'done' ORDER BY id", (self.branch,)).fetchall():
+            r = _TsvRow(*r)
             ok = r.status in ("keep", "discard") and r.metric is not None
             metric = f"{r.metric:.6f}" if ok else "0.000000"
             memory = f"{r.memory_gb:.1f}" if ok and r.memory_gb is not None else "0.0"
@@ -328,6 +348,15 @@ class Ledger:
         for path in (own, self.results_path):
             if path is not None:
                 write_atomically(path, text, self.root / STATE_DIR)
+
+
+@dataclass
+class _TsvRow:
+    commit_sha: str | None
+    metric: float | None
+    memory_gb: float | None
+    status: str
+    description: str
 
 
 def write_atomically(path: Path, text: str, scratch: Path) -> None:

@@ -196,17 +196,18 @@ class Loop:
     def recover(self) -> None:
         """Close the rows a kill or Ctrl-C cut off (this process holds the tag's lock, so their owner is gone), stop
         every process they started, remove their worktrees and models, and point the branch at the best."""
+        for row in self.ledger.pending_tests():  # a kill while a keep's test split was scored
+            stop(json.loads(row.pids_json))
         for row in self.ledger.interrupted():
             stop(json.loads(row.pids_json) + ([[row.pid, ""]] if row.pid else []))
             self.ledger.finish(row.id, "crash", f"{INTERRUPTED} the harness stopped during this experiment")
             self.trials.close(row.id, keep_models=False)
         for folder in self.trials.leftovers():
             self.ws.remove_worktree(folder)
-        kept = {r.id for r in self.ledger.rows() if r.status == "keep"}
-        for r in self.ledger.rows():  # a kill between recording a row and removing its models
-            if r.id not in kept:
-                for models in self.trials.run_dir(r.id).glob("artifacts-seed*"):
-                    shutil.rmtree(models, ignore_errors=True)
+        kept = self.ledger.kept_ids()
+        for models in self.trials.state.glob("runs/*/artifacts-seed*"):  # a kill between recording a row and its clean-up
+            if models.parent.name.isdigit() and int(models.parent.name) not in kept:
+                shutil.rmtree(models, ignore_errors=True)
         self.ledger.write_results_tsv()
         self.sync_branch()
 
@@ -234,12 +235,12 @@ class Loop:
             self.reporter.say(f"{self.ledger.branch} was moved by someone else; it is left where it is.")
 
     def context(self, best: Row | None) -> Context:
-        done = [r for r in self.ledger.rows() if r.state == "done"]
-        history = [{"commit": (r.commit_sha or "-")[:7], "metric": r.metric, "status": r.status, "description": r.description,
-                    "reason": r.reason} for r in done]
-        kept = [{"description": r.description, "diff": r.diff, "metric": r.metric} for r in done if r.status == "keep" and r.diff]
-        failures = [{"description": r.description, "status": r.status, "reason": r.reason, "metric": r.metric}
-                    for r in done if r.status != "keep"][-self.s.history_limit:]
+        done = self.ledger.history()
+        history = [{"commit": (r["commit_sha"] or "-")[:7], "metric": r["metric"], "status": r["status"],
+                    "description": r["description"], "reason": r["reason"]} for r in done]
+        kept = [{"description": r["description"], "diff": r["diff"], "metric": r["metric"]} for r in done if r["diff"]]
+        failures = [{"description": r["description"], "status": r["status"], "reason": r["reason"], "metric": r["metric"]}
+                    for r in done if r["status"] != "keep"][-self.s.history_limit:]
         parent = best.commit_sha if best else self.ws.resolve(f"refs/heads/{self.ledger.branch}")
         return Context(self.s.program, self.ws.read_editable_at(parent), self.ws.read_locked_at(parent), history, self.s.metric,
                        self.s.maximize, best.metric if best else None, self.s.device, kept_diffs=kept,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.ledger import STATE_DIR
+from autoresearch.orphans import pid_alive
 from autoresearch.workspace import Workspace
 
 
@@ -74,15 +74,6 @@ class Trials:
         top, scratch = self.state / "trials" / self.tag, self.state / "agent"
         found = sorted(p for p in top.iterdir() if p.is_dir()) if top.is_dir() else []
         if scratch.is_dir():
-            found += sorted(p for p in scratch.iterdir() if p.is_dir() and not (p.name.isdigit() and _alive(int(p.name))))
+            found += sorted(p for p in scratch.iterdir() if p.is_dir() and not (p.name.isdigit() and pid_alive(int(p.name))))
         return found
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
