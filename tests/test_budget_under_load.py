@@ -97,7 +97,7 @@ def test_the_integrity_suites_honest_candidate_is_not_over_budget_under_load(tmp
     # (loaded gpt runs here take 50-75 s: the limit must not end them before the rule does); the hidden test split is
     # not scored (not what this checks, and two evaluator runs saved).
     ws = gpt_workspace(tmp_path, kjv_cache, monkeypatch, sandbox="auto", seeds=1)
-    edit_config(ws, ("seeds = 1", "seeds = 1\nbaseline_seeds = 1"), ("grace_seconds = 60", "grace_seconds = 300"),
+    edit_config(ws, ("grace_seconds = 60", "grace_seconds = 300"),
                 ('test = "python evaluate.py --split test"', ""))
     budget, allowance = 1.0, 25.0
     run_session(ws, tag="t", agent=Edits([HONEST]), budget=budget, max_experiments=1, echo=lambda *_: None)

@@ -78,7 +78,7 @@ def gpt_workspace(tmp_path, cache, monkeypatch, sandbox: str, seeds: int = 2):
     ws = tmp_path / "ws"
     assert subprocess.run([sys.executable, "-m", "autoresearch", "init", str(ws)], capture_output=True).returncode == 0
     toml = (ws / "autoresearch.toml").read_text()
-    for old, new in (('seeds = "auto"', f"seeds = {seeds}"), ("grace_seconds = 120", "grace_seconds = 60"),
+    for old, new in (('seeds = "auto"', f"seeds = {seeds}\nbaseline_seeds = {seeds}"), ("grace_seconds = 120", "grace_seconds = 60"),
                      ('startup_allowance_seconds = "auto"', "startup_allowance_seconds = 25"),
                      ('mode = "auto"', f'mode = "{sandbox}"')):
         assert old in toml, old

@@ -49,7 +49,7 @@ SOAK_TRAIN = textwrap.dedent('''\
     DECAY = 0.9  # best at 0.5
     WIDTH = 16  # wider is always a little better: keeps never run out
 
-    time.sleep(0.3)
+    time.sleep(0.1)
     w = np.array([LR, DECAY, float(WIDTH)])
     np.save(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "w.npy"), w)
     print("training done")
@@ -66,7 +66,7 @@ SOAK_EVALUATOR = textwrap.dedent('''\
     import numpy as np
 
     test = sys.argv[1:] == ["--split", "test"]
-    time.sleep(0.5 if test else 0.25)  # long enough for a kill to land while it runs
+    time.sleep(0.2 if test else 0.1)  # a kill lands right after the start anyway (the failpoint)
     lr, decay, width = np.load(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "w.npy"))
     score = -(lr - 0.3) ** 2 - (decay - 0.5) ** 2 + 0.001 * math.log2(width)
     if test:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -183,7 +184,10 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         except UsageError:
             loop.recover()  # what a kill left is cleaned up either way
             raise
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        global _terminated
+        _terminated = False
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             loop.remeasure() if remeasure else loop.run()
         except KeyboardInterrupt:
@@ -192,7 +196,8 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
             raise
         return ledger, settings.maximize
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous_handler)
         if results_lock is not None:
             results_lock.release()
         lock.release()
