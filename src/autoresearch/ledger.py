@@ -188,9 +188,6 @@ class Ledger:
     def branches(self) -> list[str]:
         return [b for (b,) in self.db.execute("SELECT DISTINCT branch FROM experiments ORDER BY branch")]
 
-    def row(self, row_id: int) -> Row:
-        return Row(*self.db.execute(f"SELECT {COLUMNS} FROM experiments WHERE id = ?", (row_id,)).fetchone())
-
     def history(self) -> list[sqlite3.Row]:
         """What the agent's context needs of every finished row, without the logs."""
         self.db.row_factory = sqlite3.Row

@@ -200,15 +200,6 @@ class Workspace:
         names = self.git("ls-files", "--others", "-z").split("\0")
         return {n for n in names if n.endswith((".py", ".pth", ".so")) and not n.startswith(".autoresearch/")}
 
-    def read_editable(self) -> dict[str, str]:
-        """The editable files' current text, by path relative to the root."""
-        files = {}
-        for pattern in self.editable:
-            for path in sorted(self.root.glob(pattern)):
-                if path.is_file():
-                    files[path.relative_to(self.root).as_posix()] = path.read_text(encoding="utf-8")
-        return files
-
     def is_editable(self, relpath: str) -> bool:
         return _matches(relpath, self.editable) and not _matches(relpath, self.locked)
 
@@ -227,9 +218,6 @@ class Workspace:
                 if path.is_file():
                     files[path.relative_to(self.root).as_posix()] = path.read_bytes()
         return hash_files(files, patterns)
-
-    def editable_hash(self) -> str:
-        return self.content_hash(self.editable)
 
     def locked_hash(self) -> str:
         return self.content_hash(self.locked)
