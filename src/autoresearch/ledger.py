@@ -185,6 +185,11 @@ class Ledger:
                               (branch or self.branch, *params))
         return [Row(*r) for r in cur.fetchall()]
 
+    def commits(self) -> set[str]:
+        """Every commit the branch's rows name, as parent or candidate: the commits the harness put there."""
+        return {c for pair in self.db.execute("SELECT parent_commit, commit_sha FROM experiments WHERE branch = ?",
+                                              (self.branch,)) for c in pair if c}
+
     def branches(self) -> list[str]:
         return [b for (b,) in self.db.execute("SELECT DISTINCT branch FROM experiments ORDER BY branch")]
 

@@ -79,7 +79,7 @@ def committed_config(ws: Workspace, commit: str) -> Config:
     return load_config_at(ws.root, commit, names, ws.git_bytes("cat-file", "blob", f"{commit}:{CONFIG_FILE}").decode())
 
 
-def ensure_branch(ws: Workspace, ledger_rows, tag: str, echo) -> str:
+def ensure_branch(ws: Workspace, known: set[str], tag: str, echo) -> str:
     """The commit autoresearch/<tag> starts from: made at HEAD for a new tag. The user's checkout is left as it
     is; its uncommitted changes are named once and are never part of a candidate. A branch with commits the
     harness did not make is refused, so that none of them is ever dropped from it."""
@@ -97,7 +97,6 @@ def ensure_branch(ws: Workspace, ledger_rows, tag: str, echo) -> str:
             raise UsageError(f"{ws.root} has no commit yet; commit the task's files first")
         ws.move_ref(f"refs/heads/{branch}", head, None)
         return head
-    known = {c for r in ledger_rows for c in (r.commit_sha, r.parent_commit) if c}
     if known and tip not in known:
         raise UsageError(f"{branch} has commits autoresearch did not make (its tip is {tip[:7]}); the branch is the "
                          f"harness's: keep them on a branch of your own (git branch mine {tip[:7]}), point {branch} back "
@@ -141,7 +140,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     Ctrl-C raises KeyboardInterrupt and SIGTERM `Terminated` after the loop has recorded and cleaned up.
     """
     root = Path(root).resolve()
-    load_config(root)  # a readable config in the checkout, or a one-line error
+    head_config = load_config(root)  # a readable config in the checkout, or a one-line error
     tag = tag or default_tag()
     lock = TagLock(root / STATE_DIR, tag).acquire()
     previous_handler, results_lock = signal.getsignal(signal.SIGTERM), None
@@ -150,12 +149,12 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
             echo(f"Taking over tag '{tag}' from pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}, "
                  "which is gone; what it left running is recorded and stopped.")
         branch = f"autoresearch/{tag}"
-        head_config = load_config(root)
         ledger = Ledger(root, branch, head_config.metric.name, head_config.metric.direction == "maximize")
         ws = open_workspace(root, head_config)
-        start = ensure_branch(ws, ledger.rows(), tag, echo)
+        start = ensure_branch(ws, ledger.commits(), tag, echo)
         best = ledger.best()
-        config = committed_config(ws, best.commit_sha if best else start)
+        parent = best.commit_sha if best else start  # what the next candidate, or the baseline, starts from
+        config = committed_config(ws, parent)
         ws = open_workspace(root, config)
         agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
         if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
@@ -163,7 +162,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         device = detect_device()
         cuda = device == "cuda"
         seconds = budget if budget is not None else config.budget.resolve_seconds(cuda)
-        program = ws.git_bytes("cat-file", "blob", f"{best.commit_sha if best else start}:{config.program}").decode("utf-8", "replace")
+        program = ws.git_bytes("cat-file", "blob", f"{parent}:{config.program}").decode("utf-8", "replace")
         settings = Settings(
             program=program, metric=config.metric.name, maximize=config.metric.direction == "maximize", seed=seed,
             device=device, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
@@ -180,7 +179,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
             check_agent(agent)
         loop = Loop(ws, ledger, agent, Measurement(runner, decider, settings.maximize), settings, Reporter(echo))
         try:
-            check_protocol(ledger, protocol_of(config, settings, seconds, ws, best.commit_sha if best else start), remeasure, echo)
+            check_protocol(ledger, protocol_of(config, settings, seconds, ws, parent), remeasure, echo)
         except UsageError:
             loop.recover()  # what a kill left is cleaned up either way
             raise
