@@ -108,8 +108,9 @@ def test_an_edit_to_a_locked_file_is_rejected_and_reverted(root, tmp_path):
         echo "DESCRIPTION: cheat"
     """)
     agent = agent_for(f"{cli} {{prompt_file}}", root)
-    assert agent.propose(context(root)) is None
-    assert "prepare.py" in agent.last_error
+    refused = agent.propose(context(root))  # refused, so that the loop records it (invalid, with the path)
+    assert refused.files == {} and refused.refused == "the command changed files that are not editable: prepare.py"
+    assert refused.description == "cheat"
     assert (root / "prepare.py").read_text() == "# locked: the data would be made here\nDATA = 1\n"
     assert_at_head(root)
 
@@ -117,8 +118,7 @@ def test_an_edit_to_a_locked_file_is_rejected_and_reverted(root, tmp_path):
 def test_deleting_a_locked_file_is_rejected_and_it_comes_back(root, tmp_path):
     cli = script(tmp_path, "git rm -q prepare.py\necho 'STEPS = 41' >> train.py\n")
     agent = agent_for(f"{cli} {{prompt_file}}", root)
-    assert agent.propose(context(root)) is None
-    assert "prepare.py" in agent.last_error
+    assert "not editable: prepare.py" in agent.propose(context(root)).refused
     assert_at_head(root)
     assert (root / "prepare.py").is_file()
 
@@ -129,8 +129,7 @@ def test_a_stray_new_file_is_rejected_and_removed(root, tmp_path):
         mkdir -p notes/deep && echo hi > notes/deep/plan.txt
     """)
     agent = agent_for(f"{cli} {{prompt_file}}", root)
-    assert agent.propose(context(root)) is None
-    assert "notes/deep/plan.txt" in agent.last_error
+    assert "not editable: notes/deep/plan.txt" in agent.propose(context(root)).refused
     assert not (root / "notes").exists()
     assert_at_head(root)
 

@@ -186,12 +186,22 @@ def test_special_token_targets_are_excluded(kjv):
 
 
 def test_infinite_loss_on_special_targets_is_excluded(kjv):
+    """A loss too large for float32 sums on BOS targets changes nothing; an infinite logit is rejected outright.
+
+    The loss comes from the most negative finite float32 logit (-3.4e38: about 3.4e38 nats on each BOS target,
+    so one of them counted would overflow the sum). A -inf logit, which used to make that loss infinite, is now
+    refused wherever it is, BOS targets included: non-finite logits anywhere in scoring make the model invalid.
+    """
     prepare, tok = kjv
     B, T = 8, 128
-    got = prepare.evaluate_bpb(PenalizeBosTargets(tok.get_bos_token_id(), value=float("-inf")), tok, B, split="val",
+    lowest = -torch.finfo(torch.float32).max
+    got = prepare.evaluate_bpb(PenalizeBosTargets(tok.get_bos_token_id(), value=lowest), tok, B, split="val",
                                max_tokens=4 * B * T, seq_len=T, dataset=DATASET)
     uniform = prepare.evaluate_bpb(Uniform(), tok, B, split="val", max_tokens=4 * B * T, seq_len=T, dataset=DATASET)
     assert got == pytest.approx(uniform, rel=1e-6)
+    with pytest.raises(prepare.NonFiniteLogits, match=r"not finite \(-inf\)"):
+        prepare.evaluate_bpb(PenalizeBosTargets(tok.get_bos_token_id(), value=float("-inf")), tok, B, split="val",
+                             max_tokens=4 * B * T, seq_len=T, dataset=DATASET)
 
 
 # ---------------------------------------------------------------------------
@@ -262,3 +272,53 @@ def test_missing_tokenizer_table_is_a_data_error(prepare, cache_dir, kjv_cache):
     tok = prepare.Tokenizer.from_directory(kjv_cache / DATASET / f"tokenizer-{V}")
     with pytest.raises(prepare.DataError, match="autoresearch prepare"):
         prepare.evaluate_bpb(Uniform(), tok, 2, split="val", max_tokens=64, seq_len=32, dataset=DATASET)
+
+
+# ---------------------------------------------------------------------------
+# (e) non-finite logits anywhere are rejected
+# ---------------------------------------------------------------------------
+
+class Poisoned(Uniform):
+    """Uniform, except that on its `on`-th call one logit (row 0, last position, token 7) is `value`."""
+
+    def __init__(self, value, on=1):
+        super().__init__()
+        self.value, self.on, self.calls = value, on, 0
+
+    def forward(self, x):
+        self.calls += 1
+        logits = super().forward(x)
+        if self.calls == self.on:
+            logits[0, -1, 7] = self.value
+        return logits
+
+
+@pytest.mark.parametrize("value,kind", [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")])
+def test_non_finite_logits_are_rejected(kjv, value, kind):
+    prepare, tok = kjv
+    with pytest.raises(prepare.NonFiniteLogits) as caught:
+        prepare.evaluate_bpb(Poisoned(value), tok, 4, split="val", max_tokens=3 * 4 * 32, seq_len=32, dataset=DATASET)
+    assert caught.value.reason == f"the model's logits are not finite ({kind}) on evaluation rows (val batch 1)"
+    assert isinstance(caught.value, prepare.DataError)  # train.py's own evaluate_bpb call exits cleanly on it
+
+
+def test_non_finite_logits_on_a_later_batch_name_it(kjv):
+    prepare, tok = kjv
+    model = Poisoned(float("nan"), on=3)
+    with pytest.raises(prepare.NonFiniteLogits, match=r"not finite \(nan\) on evaluation rows \(val batch 3\)"):
+        prepare.evaluate_bpb(model, tok, 4, split="val", max_tokens=5 * 4 * 32, seq_len=32, dataset=DATASET)
+    assert model.calls == 3  # it stopped there
+
+
+def test_logits_that_overflow_float32_are_rejected(kjv):
+    """Scoring computes in float32: a float64 logit beyond its range is infinite there."""
+    prepare, tok = kjv
+
+    class Huge(Uniform):
+        def forward(self, x):
+            logits = super().forward(x).double()
+            logits[:, :, 3] = 1e300
+            return logits
+
+    with pytest.raises(prepare.NonFiniteLogits, match=r"not finite \(inf\)"):
+        prepare.evaluate_bpb(Huge(), tok, 4, split="val", max_tokens=4 * 32, seq_len=32, dataset=DATASET)

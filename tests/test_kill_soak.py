@@ -96,7 +96,8 @@ def git(cwd, *args) -> str:
 
 
 def make_soak_task(root):
-    root = make_task(root, train=SOAK_TRAIN, extra_config="\n[decide]\nseeds = 1\nbaseline_seeds = 2\n")
+    # No sandbox: inside one, bubblewrap ends a run with its harness, so nothing would be left to stop on resume.
+    root = make_task(root, train=SOAK_TRAIN, extra_config="\n[decide]\nseeds = 1\nbaseline_seeds = 2\n[sandbox]\nmode = \"none\"\n")
     (root / "evaluate.py").write_text(SOAK_EVALUATOR)
     toml = (root / "autoresearch.toml").read_text()
     toml = toml.replace('run = "python train.py"',

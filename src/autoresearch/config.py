@@ -109,6 +109,8 @@ class SandboxSettings(_Strict):
     protect: list[str] = Field(default_factory=list)  # globs the evaluator reads: the run must not change them
     paths_command: str = ""  # locked command printing more `hide PATH` / `protect PATH` lines
     writable: list[str] = Field(default_factory=list)  # folders outside the workspace the run may write
+    readable: list[str] = Field(default_factory=list)  # more folders the training run may read (its data)
+    env: list[str] = Field(default_factory=list)  # more environment variables runs get (the rest is allow-listed)
     network: bool = False  # the training run gets no network unless this is true
 
 

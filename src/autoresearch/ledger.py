@@ -303,6 +303,10 @@ class Ledger:
     def kept_ids(self) -> set[int]:
         return {i for (i,) in self.db.execute("SELECT id FROM experiments WHERE status = 'keep'")}
 
+    def own_ids(self) -> set[int]:
+        """The ids of this branch's rows: other tags' runs are theirs to clean up."""
+        return {i for (i,) in self.db.execute("SELECT id FROM experiments WHERE branch = ?", (self.branch,))}
+
     def best(self) -> Row | None:
         """The best kept measurement of the current segment (see the class docstring)."""
         latest: dict[str, Row] = {}

@@ -15,6 +15,7 @@ from autoresearch.ledger import INTERRUPTED, Ledger, Row
 from autoresearch.measure import Measured, Measurement
 from autoresearch.orphans import identity, stop
 from autoresearch.reporter import Reporter
+from autoresearch.secrets import redact
 from autoresearch.trial import Trial, Trials
 from autoresearch.workspace import Workspace
 
@@ -83,7 +84,7 @@ class Loop:
         best = self.ledger.best()
         context = self.context(best)
         t0, started_at = time.monotonic(), time.time()
-        proposal = self.agent.propose(context)
+        proposal = self._propose(context)
         runs = 0
         for attempt in range(MAX_FIX_ATTEMPTS + 1):
             if proposal is None:
@@ -98,15 +99,25 @@ class Loop:
             fix = CrashToFix(proposal.description, proposal.files, result.extra.get("log_tail", ""), attempt + 1)
             context = dataclasses.replace(context, fix=fix)
             t0, started_at = time.monotonic(), time.time()
-            proposal = self.agent.propose(context)
+            proposal = self._propose(context)
         return runs
+
+    def _propose(self, context: Context) -> Proposal | None:
+        """The agent's proposal; what it says it left behind (files in the checkout) is passed on."""
+        proposal = self.agent.propose(context)
+        note = getattr(self.agent, "last_note", "")
+        if note:
+            self.reporter.say(f"  note: {note}")
+        return proposal
 
     def try_candidate(self, proposal: Proposal, best: Row, attempt: int, propose_seconds: float, started_at: float) -> Result:
         """Check the proposal, make its trial (worktree, commit, ref), measure it and record it."""
         parent, description = best.commit_sha, proposal.description
         try:
+            if proposal.refused:
+                raise ValueError(proposal.refused)
             self.ws.check_editable(proposal.files)
-        except ValueError as exc:  # a locked or foreign file: refused, never run
+        except ValueError as exc:  # a locked or foreign file, or what the agent did to git: refused, never run
             row = self._start(parent, None, description, self.agent.name, "", None, None, attempt, propose_seconds, started_at)
             self.ledger.finish(row, "invalid", f"edit refused: {exc}")
             self.reporter.say(f"  invalid   {description}: {exc}")
@@ -134,16 +145,17 @@ class Loop:
                              on_process=on_process, on_tick=self.reporter.ticker(f"#{row}", lambda: self.ledger.beat(row)))
         keep = m.status == "keep"
         test_state = "pending" if keep and self.runner.spec.test_command else None
-        self.ledger.finish(row, m.status, m.reason, m.metric, m.summary(), m.wall_seconds, "" if keep else m.log_tail,
+        reason, log_tail = redact(m.reason), redact(m.log_tail)  # no key or token reaches the journal or a prompt
+        self.ledger.finish(row, m.status, reason, m.metric, m.summary(), m.wall_seconds, "" if keep else log_tail,
                            m.values, m.seeds, test_state)  # every non-keep carries its log tail
         failpoint("recorded")
         self.trials.close(row, keep_models=keep)
         self.sync_branch()
         shown = f"{m.metric:.6f}" if m.metric is not None else "-"
-        self.reporter.say(f"  {m.status:<9} {shown:>10}  {description}" + ("" if keep and best is not None else f"  ({m.reason})"))
+        self.reporter.say(f"  {m.status:<9} {shown:>10}  {description}" + ("" if keep and best is not None else f"  ({reason})"))
         if test_state:  # the worktree is gone: the evaluator's copy of the commit comes from the repository
             self.score_test(row, dataclasses.replace(trial, tree=self.ws), m.seeds, m.artifacts)
-        return Result(description, m.status, m.metric, m.reason, {"ran": True, "log_tail": m.log_tail, "values": m.values,
+        return Result(description, m.status, m.metric, reason, {"ran": True, "log_tail": log_tail, "values": m.values,
                       "log": str(trial.run_dir / "run.log"), "summary": m.runs[0].out.summary if m.runs else {}})
 
     def baseline(self, description: str = "baseline", seed_offset: int = 0) -> None:
@@ -204,9 +216,9 @@ class Loop:
             self.trials.close(row.id, keep_models=False)
         for folder in self.trials.leftovers():
             self.ws.remove_worktree(folder)
-        kept = self.ledger.kept_ids()
+        kept, own = self.ledger.kept_ids(), self.ledger.own_ids()  # another tag may be running its own trials
         for models in self.trials.state.glob("runs/*/artifacts-seed*"):  # a kill between recording a row and its clean-up
-            if models.parent.name.isdigit() and int(models.parent.name) not in kept:
+            if models.parent.name.isdigit() and int(models.parent.name) in own - kept:
                 shutil.rmtree(models, ignore_errors=True)
         self.ledger.write_results_tsv()
         self.sync_branch()

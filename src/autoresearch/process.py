@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 
-def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for workspace commands: `python` resolves to the interpreter running autoresearch."""
-    env = dict(os.environ)
+def command_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for workspace commands (`base`, by default the harness's own): `python` resolves to the
+    interpreter running autoresearch."""
+    env = dict(os.environ if base is None else base)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})

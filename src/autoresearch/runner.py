@@ -6,17 +6,28 @@ import io
 import itertools
 import json
 import math
+import os
+import re
 import shutil
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoresearch.artifacts import Refused, take_artifacts
 from autoresearch.contention import allowed_seconds
 from autoresearch.executors.base import RunOutcome
-from autoresearch.sandbox import Bubblewrap, ProtectedPaths, changed_paths, fingerprint
+from autoresearch.gitguard import GitGuard
+from autoresearch.ledger import STATE_DIR
+from autoresearch.executors.local import TAIL_LINES, read_tail
+from autoresearch.sandbox import SUPERVISOR_MARK, Bubblewrap, ProtectedPaths, changed_paths, fingerprint, leftover_processes
 from autoresearch.trial import Trial
+from autoresearch.workspace import Workspace
 
+CODE_SUFFIXES = (".py", ".pth", ".so")  # files Python could import: a run may not plant them in its worktree
+FAILED_ON_PATH = re.compile(r"(No such file or directory|Read-only file system|Permission denied|Not a directory|"
+                            r"FileNotFoundError|NotADirectoryError|PermissionError|OSError|not a git repository)")
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(/[^\s'\":,()\[\]]+)")
 FORGED_TOLERANCE = 0.01  # a printed metric better than the evaluator's by more than this share is forged
 EVALUATION_ATTEMPTS = 2  # a crashed evaluation is retried once on the saved artifacts, without training again
 
@@ -57,11 +68,15 @@ class Runner:
     starts is reported to `on_process(pid, kind, log)` (kind: train, evaluate or test), so that a later harness can
     stop it if this one is killed."""
 
-    def __init__(self, executor, spec: RunSpec, sandbox: Bubblewrap | None = None, protected: ProtectedPaths | None = None):
+    def __init__(self, executor, spec: RunSpec, sandbox: Bubblewrap | None = None, protected: ProtectedPaths | None = None,
+                 checkout: Path | None = None, locked_hash: str | None = None):
         self.executor, self.spec, self.sandbox = executor, spec, sandbox
         self.protected = protected or ProtectedPaths()
         self.data_prints = fingerprint(self.protected.all())  # as the session found them
         self.tampered: list[str] = []  # held-out or evaluator data a run changed: the session must stop
+        self.checkout = Path(checkout).resolve() if checkout else None  # the user's checkout: its git data is watched
+        self.guard = GitGuard(self.checkout) if self.checkout else None
+        self.locked_hash = locked_hash  # the locked files' hash at the session's start: each evaluator copy must match
 
     def _env(self, seed: int, artifacts: Path, trial: Trial) -> dict[str, str]:
         return {"AUTORESEARCH_TIME_BUDGET": f"{self.spec.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
@@ -72,18 +87,31 @@ class Runner:
         artifacts = log.parent / f"artifacts-seed{seed}"
         shutil.rmtree(artifacts, ignore_errors=True)
         artifacts.mkdir(parents=True)
-        command = self.spec.run_command
-        if self.sandbox:  # the worktree and the artifacts writable; the user's checkout and the git data read-only
-            command = self.sandbox.wrap(command, [("rw", trial.tree.root), ("rw", artifacts)], hidden=self.protected.hidden)
-        tree = trial.tree
-        code_before, locked_before = tree.stray_code(), tree.locked_hash()
+        command, tree = self.spec.run_command, trial.tree
+        scratch = log.parent / f"tmp-seed{seed}"  # its own TMPDIR: nothing an earlier run left there reaches it
+        shutil.rmtree(scratch, ignore_errors=True)
+        if self.sandbox:  # only its worktree and artifacts writable (not its .git link); nothing of the checkout
+            binds = [("rw", tree.root), ("ro", tree.root / ".git"), ("rw", artifacts)]
+            command = self.sandbox.wrap(command, binds, hidden=self.protected.hidden, tmp=scratch, confined=True,
+                                        readable=self.protected.protected + self.protected.readable)
+        committed = self.committed_files(trial)
+        if self.guard:
+            self.guard.tag = trial.tag
+        git_before = self.guard.snapshot([tree.root]) if self.guard else None
+        code_before = _code_files(tree.root) - committed[0]
         out = self.executor.run(tree.root, command, self._env(seed, artifacts, trial), self.spec.limit_seconds, log,
                                 on_start=_tell(on_process, "train", log), on_tick=on_tick)
+        shutil.rmtree(scratch, ignore_errors=True)
         if out.interrupted:
             raise KeyboardInterrupt
-        failure, reason = self.check_training(trial, out, code_before, locked_before)
+        failure, reason = self.check_training(trial, out, committed, code_before, git_before)
         if failure:
             return Run(failure, reason, None, out, artifacts)
+        try:
+            take_artifacts(artifacts)  # what the run left at its exit, as regular files in a folder of the harness's
+        except Refused as exc:
+            return Run("invalid", f"an artifact was refused: {exc}; a run must leave plain files in $AUTORESEARCH_ARTIFACTS",
+                       None, out, artifacts)
         metric, evaluation_seconds = out.summary.get(self.spec.metric), 0.0
         if self.spec.evaluate_command:
             started = time.monotonic()
@@ -103,13 +131,48 @@ class Runner:
             return Run("crash", f"{self.spec.metric} is {metric}", None, out, artifacts, evaluation_seconds)
         return Run(None, "", metric, out, artifacts, evaluation_seconds)
 
-    def check_training(self, trial: Trial, out: RunOutcome, code_before: set[str], locked_before: str) -> tuple[str | None, str]:
-        """What the harness itself saw of a training run: locked files, new code, protected data, time, exit code."""
+    def committed_files(self, trial: Trial) -> tuple[set[str], dict[str, bytes]]:
+        """The names of the trial's committed files and its locked files' content, read from the repository
+        (never through the worktree's .git link, which a run could re-point)."""
+        repo = trial.tree.at(self.checkout) if self.checkout else trial.tree
+        names = {n for n in repo.git("ls-tree", "-r", "-z", "--name-only", trial.commit).split("\0") if n}
+        return names, repo.tree_files(trial.commit, trial.tree.locked)
+
+    def check_training(self, trial: Trial, out: RunOutcome, committed: tuple[set[str], dict[str, bytes]], code_before: set[str],
+                       git_before=None) -> tuple[str | None, str]:
+        """What the harness itself saw of a training run: the git data, signals, locked files, new code, protected
+        data, time, exit code. Plain reads of files only: no git runs in the worktree after the run."""
         tree = trial.tree
-        changed_locked = tree.modified_locked()
-        if changed_locked or tree.locked_hash() != locked_before:
-            return "invalid", f"locked file changed during the run: {', '.join(changed_locked) or 'content hash'}"
-        planted = sorted(tree.stray_code() - code_before)
+        if git_before is not None:
+            git_after = self.guard.snapshot([tree.root])
+            changes = self.guard.changes(git_before, git_after)
+            if changes and not git_after.present:
+                self.tampered = [str(self.guard.git_dir)]
+                return "invalid", (f"the run {changes[0]}: it cannot be undone (only the sandbox prevents this); "
+                                   "the session stops")
+            if changes:
+                self.guard.restore(git_before, git_after)
+                return "invalid", (f"the run changed the repository's git data ({', '.join(changes[:4])}"
+                                   f"{' ...' if len(changes) > 4 else ''}); undone")
+        if out.offence:
+            return "invalid", f"{out.offence}; a run may not touch the harness"
+        left = out.escaped
+        if self.sandbox and not out.timed_out:
+            counted = leftover_processes(out.log_tail)
+            if counted is None:
+                return "invalid", "the run stopped the sandbox's supervisor, which ends every process the run started"
+            left += counted
+            lines = [line for line in read_tail(out.log_path, TAIL_LINES + 1).splitlines(True)
+                     if not line.startswith(SUPERVISOR_MARK)]
+            out.log_tail = "".join(lines[-TAIL_LINES:])  # the run's own last lines
+        if left:
+            return "invalid", (f"the run left {left} process(es) running after its command ended (stopped now); a run "
+                               "must end everything it starts, so that the evaluator scores what it left at its exit")
+        names, locked = committed
+        changed_locked = sorted(name for name, data in locked.items() if _read(tree.root / name) != data)
+        if changed_locked:
+            return "invalid", f"locked file changed during the run: {', '.join(changed_locked)}"
+        planted = sorted(_code_files(tree.root) - names - code_before)
         for name in planted:
             (tree.root / name).unlink(missing_ok=True)
         if planted:
@@ -130,14 +193,15 @@ class Runner:
             return "invalid", (f"ran {out.wall_seconds:.0f}s, over the budget of {budget:g}s plus "
                                f"{allowance:g}s of start-up allowance{slowed}")
         if out.returncode != 0:
-            touched = self.touched_protected(out.log_path)
+            touched = self.touched_protected(out.log_path, trial)
             if touched:
                 return "invalid", touched
             return "crash", f"exit code {out.returncode}"
         return None, ""
 
-    def touched_protected(self, log: Path) -> str:
-        """The reason a failed sandboxed run failed, when its log names held-out or read-only data."""
+    def touched_protected(self, log: Path, trial: Trial | None = None) -> str:
+        """The reason a failed sandboxed run failed, when its log names a path it may not read or change: held-out
+        data, the evaluator's data, the git data, an earlier run's folder, or the user's checkout."""
         if not self.sandbox:
             return ""
         with open(log, "rb") as f:
@@ -150,6 +214,25 @@ class Runner:
         for path in self.protected.protected:
             if str(path) in text and "Read-only file system" in text:
                 return f"the run tried to change data the evaluator reads: {path}"
+        if self.checkout is None or trial is None:
+            return ""
+        runs, own = self.checkout / STATE_DIR / "runs", self.checkout / STATE_DIR / "runs" / str(trial.id)
+        for line in text.splitlines():
+            if not FAILED_ON_PATH.search(line):
+                continue
+            for found in ABSOLUTE_PATH.findall(line):
+                path = Path(os.path.normpath(found))
+                if self.guard and path.is_relative_to(self.guard.git_dir):
+                    return f"the run tried to change the repository's git data, which training may not touch: {path}"
+                if path.is_relative_to(runs) and not path.is_relative_to(own):
+                    return f"the run reached for an earlier run's folder, which training may not read: {path}"
+                if path == trial.tree.root / ".git":
+                    return f"the run tried to re-point its worktree's git link, which training may not touch: {path}"
+                if path.is_relative_to(self.checkout) and not path.is_relative_to(trial.tree.root) and not path.is_relative_to(own):
+                    return f"the run reached for the user's checkout, which training may not read: {path}"
+                if not self.sandbox.visible(path):
+                    return (f"the run reached for {path}, which the sandbox does not show training: it sees only its "
+                            "worktree, its data, the tokenizer and the Python environment")
         return ""
 
     def forged(self, printed, evaluated) -> str:
@@ -167,7 +250,8 @@ class Runner:
         stale bytecode, a rewritten file) reaches the evaluator."""
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        archive = trial.tree.git_bytes("archive", "--format=tar", trial.commit)
+        repo = trial.tree.at(self.checkout) if self.checkout else trial.tree  # never through the worktree's .git link
+        archive = repo.git_bytes("archive", "--format=tar", trial.commit)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(target, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         return target
@@ -178,6 +262,10 @@ class Runner:
         Its results are the `metrics.json` it writes in its working folder, else its printed summary block."""
         for attempt in range(1, EVALUATION_ATTEMPTS + 1):
             where = self.fresh_evaluator_dir(trial, artifacts.parent / f"evaluator-{artifacts.name}")
+            if self.locked_hash is not None and trial.tree.at(where).locked_hash() != self.locked_hash:
+                shutil.rmtree(where, ignore_errors=True)
+                return "invalid", ("the evaluator's copy of the commit does not match the locked files' hashes recorded "
+                                   "when the session started; it was not run"), {}
             wrapped = command
             if self.sandbox:  # its own TMPDIR, inside the fresh folder: nothing a training run left there reaches it
                 wrapped = self.sandbox.wrap(command, [("rw", where), ("rw", artifacts)], tmp=where / ".tmp")
@@ -220,6 +308,22 @@ class Runner:
             return (f"runs with different AUTORESEARCH_SEED saved nearly the same model (fingerprint distance {spread:.2g} < "
                     f"{self.spec.same_model_distance:g}): train.py ignores the seed, so a lucky seed cannot be ruled out")
         return ""
+
+
+def _code_files(root: Path) -> set[str]:
+    """Files under a worktree that Python could import (modules, .pth files, extensions), found by walking it."""
+    found = set()
+    for top, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in (".git", STATE_DIR)]
+        found.update(Path(top, n).relative_to(root).as_posix() for n in names if n.endswith(CODE_SUFFIXES))
+    return found
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
 
 
 def _tell(on_process, kind: str, log: Path | None = None):

@@ -23,6 +23,7 @@ from autoresearch.process import run_streaming
 from autoresearch.reporter import Reporter
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.sandbox import make_sandbox, resolve_protected
+from autoresearch.signals import WATCH
 from autoresearch.workspace import Workspace
 
 
@@ -48,7 +49,7 @@ def open_workspace(root: Path, config: Config) -> Workspace:
 
 
 def build_runner(root: Path, config: Config, seconds: float, device: str, echo=print, executor=None,
-                 runner_class=Runner) -> Runner:
+                 runner_class=Runner, locked_hash: str | None = None) -> Runner:
     """The Runner for this workspace: its commands and limits, the sandbox, and the paths it hides and watches."""
     spec = RunSpec(
         run_command=config.commands.run, metric=config.metric.name, maximize=config.metric.direction == "maximize",
@@ -58,13 +59,15 @@ def build_runner(root: Path, config: Config, seconds: float, device: str, echo=p
         same_model_distance=config.decide.same_model_distance)
     box = config.sandbox
     sandbox = make_sandbox(box.mode, root / STATE_DIR, box.network, box.writable, echo)
-    protected = resolve_protected(root, box.hide, box.protect, box.paths_command)
+    protected = resolve_protected(root, box.hide, box.protect, box.paths_command, box.readable)
     if sandbox:
-        echo(f"Sandbox: bubblewrap; {len(protected.hidden)} held-out path(s) hidden from training, "
-             f"{len(protected.all())} watched for changes")
+        echo(f"Sandbox: bubblewrap; {len(protected.hidden)} held-out path(s) hidden from training, which sees only its "
+             f"worktree, Python and {len(protected.protected + protected.readable)} data path(s); "
+             f"{len(protected.all())} watched for changes by content")
     else:
-        echo(f"Sandbox: none; nothing is hidden from training; {len(protected.all())} held-out path(s) watched for changes")
-    return runner_class(executor or LocalExecutor(), spec, sandbox, protected)
+        echo(f"Sandbox: none; nothing is hidden from training; {len(protected.all())} held-out path(s) watched for "
+             "changes by content")
+    return runner_class(executor or LocalExecutor(passthrough=box.env), spec, sandbox, protected, root, locked_hash)
 
 
 def default_tag() -> str:
@@ -173,7 +176,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, "
              f"killed at {config.budget.kill_after(seconds):g}s | {settings.metric} ({config.metric.direction}) | "
              f"{settings.seeds} seed(s) per candidate, {settings.baseline_seeds} per baseline, keep beyond {config.decide.threshold_sigmas:g}σ")
-        runner = build_runner(root, config, seconds, device, echo)
+        runner = build_runner(root, config, seconds, device, echo, locked_hash=ws.locked_hash_at(parent))
         decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
         if agent is not None:
             check_agent(agent)
@@ -188,7 +191,8 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            loop.remeasure() if remeasure else loop.run()
+            with WATCH:  # a signal from a run is that run's offence; any other interrupts as before
+                loop.remeasure() if remeasure else loop.run()
         except KeyboardInterrupt:
             if _terminated:  # the interrupt a process under way turned SIGTERM into is still SIGTERM
                 raise Terminated() from None

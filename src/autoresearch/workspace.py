@@ -20,8 +20,10 @@ def available_templates() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
-# The harness's own git commands run no code the repository supplies: no hooks, no fsmonitor, no replace objects.
-SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "--no-replace-objects"]
+# The harness's own git commands run no code the repository supplies: no hooks, no fsmonitor, no replace objects,
+# no signing program, no attributes file of the user's; diffs use no external or textconv driver.
+SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false",
+            "-c", "core.attributesFile=/dev/null", "--no-replace-objects"]
 
 
 def git(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -171,7 +173,7 @@ class Workspace:
     def net_added_lines(self, old: str, new: str) -> int:
         """Lines added minus lines removed between two commits, by `git diff --numstat` (binary files count 0)."""
         total = 0
-        for line in self.git("diff", "--numstat", old, new).splitlines():
+        for line in self.git("diff", "--no-ext-diff", "--no-textconv", "--numstat", old, new).splitlines():
             added, removed, _ = line.split("\t", 2)
             if added != "-":
                 total += int(added) - int(removed)
@@ -195,11 +197,6 @@ class Workspace:
 
     # -- the files of a checkout (a trial's worktree) --------------------------------------------------------------
 
-    def stray_code(self) -> set[str]:
-        """Untracked files (ignored ones too) that Python could import: modules, .pth files, extensions."""
-        names = self.git("ls-files", "--others", "-z").split("\0")
-        return {n for n in names if n.endswith((".py", ".pth", ".so")) and not n.startswith(".autoresearch/")}
-
     def is_editable(self, relpath: str) -> bool:
         return _matches(relpath, self.editable) and not _matches(relpath, self.locked)
 
@@ -222,10 +219,6 @@ class Workspace:
     def locked_hash(self) -> str:
         return self.content_hash(self.locked)
 
-    def modified_locked(self) -> list[str]:
-        """Locked files whose content differs from HEAD (or that were deleted)."""
-        return [p for p in self.git("diff", "--name-only", "HEAD", "--", *self.locked).splitlines() if p]
-
     def commit_editable(self, message: str) -> str:
         """Commit the editable files only: files a run leaves behind never ride along in a candidate."""
         self.git("add", "-A", "--", *self.editable)
@@ -233,4 +226,4 @@ class Workspace:
         return self.head()
 
     def diff(self, old: str, new: str) -> str:
-        return self.git("diff", old, new)
+        return self.git("diff", "--no-ext-diff", "--no-textconv", old, new)

@@ -38,5 +38,5 @@ def make_agent(name: str, settings: AgentSettings | None = None, seed: int = 0, 
     if name == "command":
         from autoresearch.agents.command import CommandAgent
 
-        return CommandAgent(settings, workspace=workspace)
+        return CommandAgent(settings, workspace=workspace, tag=tag)
     raise UsageError(f"unknown agent '{name}' (available: tune, openai, anthropic, command, perturb)")

@@ -24,6 +24,7 @@ class Usage:
 class Proposal:
     description: str  # one line: goes into results.tsv and the commit message
     files: dict[str, str]  # path relative to the workspace -> the file's full new text
+    refused: str = ""  # why the harness refuses it unrun (e.g. an edit to a locked file): recorded as `invalid`
 
 
 @dataclass

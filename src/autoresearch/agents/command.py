@@ -14,6 +14,7 @@ from autoresearch.agents.base import Context, Proposal, Result, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.config import AgentSettings, load_config
 from autoresearch.executors.local import group_alive, kill_group
+from autoresearch.gitguard import GitGuard
 from autoresearch.ledger import STATE_DIR
 from autoresearch.process import command_env
 from autoresearch.workspace import Workspace
@@ -41,20 +42,22 @@ class CommandAgent:
     name = "command"
     kill_grace = 5.0  # seconds between SIGTERM and SIGKILL for the CLI's process group
 
-    def __init__(self, settings: AgentSettings, workspace: Path | str | None = None):
+    def __init__(self, settings: AgentSettings, workspace: Path | str | None = None, tag: str | None = None):
         if not (settings.command or "").strip():
             raise UsageError('the command agent needs [agent] command, e.g. command = "claude -p {prompt_file}"')
         self.settings = settings
         self.workspace = Path(workspace).resolve() if workspace else None
+        self.tag = tag  # the session's: other tags' refs are theirs to move meanwhile
         self.spent = Usage()
         self.last_error: str | None = None
+        self.last_note: str = ""  # what the last proposal left behind in the user's checkout
         self.last_log: Path | None = None
 
     def observe(self, result: Result) -> None:
         pass
 
     def propose(self, context: Context) -> Proposal | None:
-        self.last_error = None
+        self.last_error, self.last_note = None, ""
         root = Path(context.workspace).resolve() if context.workspace else self.workspace
         if root is None:
             raise UsageError("the command agent needs the workspace's folder")
@@ -66,13 +69,22 @@ class CommandAgent:
         self.last_log = log_path
         scratch = root / STATE_DIR / "agent" / str(os.getpid())
         ws = repo.add_worktree(scratch, base)  # the CLI works here, never in the user's checkout
+        guard = GitGuard(root, self.tag)  # it runs unsandboxed: what it does to the git data is undone
+        files_before, left = _leftovers(repo), []
         try:
-            return self._propose_in(ws, context, base, prompt_path, log_path)
+            proposal = self._propose_in(ws, context, base, prompt_path, log_path, guard)
+            left = sorted(_leftovers(repo) - files_before)
         finally:
             repo.remove_worktree(scratch)
+        if left:  # the user's files: named, never removed
+            self.last_note = f"the command left files in your checkout, which are not removed: {', '.join(left[:5])}"
+        return proposal
 
-    def _propose_in(self, ws: Workspace, context: Context, base: str, prompt_path: Path, log_path: Path) -> Proposal | None:
-        """Run the CLI in the scratch worktree `ws` (at `base`) and read what it changed."""
+    def _propose_in(self, ws: Workspace, context: Context, base: str, prompt_path: Path, log_path: Path,
+                    guard: GitGuard) -> Proposal | None:
+        """Run the CLI in the scratch worktree `ws` (at `base`), undo what it did to the git data (before any more
+        git runs), and read what it changed."""
+        git_before = guard.snapshot([ws.root])
         before = self._untracked(ws)
         if context.fix is not None:
             try:
@@ -81,6 +93,12 @@ class CommandAgent:
                 return self._fail(f"cannot set up the crashed version: {exc}")
             fix_start = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(self._changes(ws, base, before))}
         code, timed_out = self._run(ws.root, prompt_path, log_path)
+        git_after = guard.snapshot([ws.root])
+        meddled = guard.changes(git_before, git_after)
+        if meddled:
+            guard.restore(git_before, git_after)
+            return Proposal(describe(read_output(log_path)), {},
+                            f"the command changed the repository's git data ({', '.join(meddled[:4])}); undone")
         if timed_out:
             return self._fail(f"the command timed out after {self.settings.timeout_seconds:g}s (log: {log_path})")
         if code != 0:
@@ -88,7 +106,8 @@ class CommandAgent:
         changes = self._changes(ws, base, before)
         foreign = sorted(p for p in changes if not ws.is_editable(p))
         if foreign:
-            return self._fail(f"the command changed files that are not editable: {', '.join(foreign)}")
+            return Proposal(describe(read_output(log_path)), {},
+                            f"the command changed files that are not editable: {', '.join(foreign)}")
         deleted = sorted(p for p, status in changes.items() if status == "D")
         if deleted:
             return self._fail(f"the command deleted {', '.join(deleted)}; deleting files cannot be proposed")
@@ -164,6 +183,12 @@ class CommandAgent:
         changes = {path: status[:1] for status, path in zip(fields[0::2], fields[1::2]) if path and not _is_state(path)}
         changes.update({p: "A" for p in self._untracked(ws) - before})
         return changes
+
+
+def _leftovers(repo: Workspace) -> set[str]:
+    """Untracked files of the user's checkout, ignored ones too (outside .autoresearch/)."""
+    out = repo.git("status", "--porcelain", "--ignored", "--untracked-files=all", "-z")
+    return {e[3:] for e in out.split("\0") if e[:2] in ("??", "!!") and not _is_state(e[3:])}
 
 
 def _is_state(path: str) -> bool:

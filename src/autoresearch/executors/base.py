@@ -20,6 +20,8 @@ class RunOutcome:
     interrupted: bool = False  # the user pressed Ctrl-C during the run
     cpu_seconds: float | None = None  # CPU time of the run's threads as sampled (None: could not be measured)
     dilation: float = 1.0  # (cpu + runqueue wait) / cpu of its busiest thread, in [1, 10]; 1.0 when unknown
+    offence: str = ""  # what the run did to the harness (signalled it), as the harness saw it
+    escaped: int = 0  # processes of the run that left its process group and were killed after it
 
 
 class Executor(Protocol):

