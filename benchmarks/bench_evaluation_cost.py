@@ -18,6 +18,13 @@ for kept candidates). Its share is taken of one run's wall = training process + 
 with the test split scored (worst case: every candidate kept) and without it (a discarded candidate). Target:
 under 15%.
 
+The integrity checks (round two) are also timed one by one on the same trial, each the median of 9 repetitions:
+the git-data snapshot before and after the run and their comparison, reading the commit's files from the
+repository, the walk for planted code, the content digest of the held-out and evaluator data, taking the
+artifacts as plain files, the evaluator copy's locked-hash check, the sweeps for processes that outlived the run,
+and the redaction of the log tail; plus the evaluator's causality probe (its `probe_seconds`). Their sum is taken
+as a share of a discarded run: target at most 5%.
+
     python benchmarks/bench_evaluation_cost.py                          # 60 s budget, 2 repetitions (about 3 min)
     python benchmarks/bench_evaluation_cost.py --budget 5 --repeats 1 --out /tmp/e.json --log /tmp/e.log   # quick check
 """
@@ -29,6 +36,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,11 +44,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from autoresearch.artifacts import take_artifacts
 from autoresearch.config import load_config
-from autoresearch.executors.local import LocalExecutor
+from autoresearch.executors.local import LocalExecutor, group_members, kill_marked
 from autoresearch.ledger import STATE_DIR
 from autoresearch.process import command_env
-from autoresearch.runner import Runner
+from autoresearch.runner import Runner, _code_files
+from autoresearch.sandbox import fingerprint
+from autoresearch.secrets import redact
 from autoresearch.session import build_runner as build_runner_for_session
 from autoresearch.session import open_workspace
 from autoresearch.summary import parse_summary
@@ -49,6 +60,7 @@ from autoresearch.workspace import init_workspace
 
 HERE = Path(__file__).resolve().parent
 TARGET_SHARE = 0.15
+CHECKS_TARGET_SHARE = 0.05  # the integrity checks, of a discarded 60 s experiment
 EXPORT_LINE = re.compile(r"^exported model\.pt2 in ([0-9.]+)s", re.MULTILINE)
 THROUGHPUT_LINE = re.compile(r"^throughput ([0-9,]+) tokens/s", re.MULTILINE)  # a contention check: ~24.8k quiet
 
@@ -215,6 +227,48 @@ def one_run(runner: TimedRunner, executor: TimedExecutor, trial: Trial, seed: in
     return result, [log, val_log, test_log]
 
 
+def median_seconds(action, n: int = 9) -> float:
+    walls = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        action()
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+def integrity_checks(runner: TimedRunner, trial: Trial, run_artifacts: Path, log: Path, root: Path) -> dict:
+    """Each round-two check, timed on the benchmark's own trial, run folder and data (seconds, median of 9)."""
+    tree, guard = trial.tree, runner.guard
+    before = guard.snapshot([tree.root])
+    scratch = root / STATE_DIR / "micro-artifacts"
+    evaluator_copy = runner.fresh_evaluator_dir(trial, root / STATE_DIR / "micro-locked")
+    runner.archive_seconds.clear()
+
+    def take():
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(run_artifacts, scratch)
+        t0 = time.perf_counter()
+        take_artifacts(scratch)
+        return time.perf_counter() - t0
+
+    takes = sorted(take() for _ in range(9))
+    tail = log.read_text(encoding="utf-8", errors="replace")[-8000:]
+    checks = {
+        "git data snapshot x2 + compare": median_seconds(lambda: guard.changes(before, guard.snapshot([tree.root]))) +
+        median_seconds(lambda: guard.snapshot([tree.root])),
+        "commit's files from the repository": median_seconds(lambda: runner.committed_files(trial)),
+        "walk for planted code": median_seconds(lambda: _code_files(tree.root)),
+        "content digest of held-out and evaluator data": median_seconds(lambda: fingerprint(runner.protected.all())),
+        "take the artifacts as plain files": takes[len(takes) // 2],
+        "evaluator copy's locked-hash check": median_seconds(lambda: tree.at(evaluator_copy).locked_hash()),
+        "sweeps for processes that outlived the run": median_seconds(lambda: (group_members(1), kill_marked("AUTORESEARCH_RUN_MARK=none"))),
+        "redact the log tail": median_seconds(lambda: redact(tail)),
+    }
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(evaluator_copy, ignore_errors=True)
+    return {name: round(v, 5) for name, v in checks.items()}
+
+
 def rows(runs: list[dict]) -> dict:
     """Means over the repetitions of the breakdown, in seconds and as a share of the kept-run wall."""
     def mean(get):
@@ -267,6 +321,7 @@ def main(argv=None) -> int:
             result, logs = one_run(runner, executor, trial, seed, echo)
             runs.append(result)
             run_logs += logs
+        checks = integrity_checks(runner, trial, trial.run_dir / f"artifacts-seed{args.repeats}", run_logs[-3], root)
         trials.close(trial.id, keep_models=False)
         logs_text = []
         for path in run_logs:
@@ -299,6 +354,8 @@ def main(argv=None) -> int:
             "share": {"discarded": round(share_discard, 4), "kept": round(share_keep, 4)},
         },
         "breakdown": breakdown,
+        "integrity_checks_seconds": checks,
+        "integrity_checks": _checks_summary(checks, runs),
         "target_share": TARGET_SHARE,
         "target_met": {"discarded": share_discard < TARGET_SHARE, "kept": share_keep < TARGET_SHARE},
         "total_wall_seconds": round(time.time() - started, 1),
@@ -317,10 +374,27 @@ def main(argv=None) -> int:
          f"+ evaluator {m['evaluator_wall_seconds']:.1f}s), {m['run_wall_seconds']['kept']:.1f}s kept (+ test {m['test_wall_seconds']:.1f}s)")
     echo(f"  evaluation share: {100 * share_discard:.1f}% discarded, {100 * share_keep:.1f}% kept; "
          f"target < {100 * TARGET_SHARE:.0f}%: {result['target_met']}")
+    c = result["integrity_checks"]
+    echo("  integrity checks (round two), per run:")
+    for name, seconds in checks.items():
+        echo(f"    {name:<56} {1000 * seconds:>8.2f} ms")
+    echo(f"    {'causality probe (evaluator probe_seconds)':<56} {1000 * c['probe_seconds']:>8.2f} ms")
+    echo(f"  integrity checks: {c['seconds']:.3f}s, {100 * c['share_of_discarded_run']:.2f}% of a discarded run; "
+         f"target <= {100 * CHECKS_TARGET_SHARE:.0f}%: {c['target_met']}")
     echo(f"results: {args.out} ({result['total_wall_seconds']:.0f}s)")
     args.log.parent.mkdir(parents=True, exist_ok=True)
     args.log.write_text("\n".join(echo.lines) + "\n" + "\n".join(logs_text) + "\n")
     return 0
+
+
+def _checks_summary(checks: dict, runs: list[dict]) -> dict:
+    """The integrity checks' total per run (the harness's checks plus the evaluator's probe), as a share of a
+    discarded run."""
+    probe = statistics.mean(r["evaluator"]["probe_seconds"] for r in runs)
+    total = sum(checks.values()) + probe
+    share = total / statistics.mean(r["run_wall_seconds"]["discarded"] for r in runs)
+    return {"probe_seconds": round(probe, 4), "seconds": round(total, 4), "share_of_discarded_run": round(share, 5),
+            "target_share": CHECKS_TARGET_SHARE, "target_met": share <= CHECKS_TARGET_SHARE}
 
 
 def _cpu_name() -> str:

@@ -157,20 +157,35 @@ def load_prepare(cache):
     return prepare, prepare.Tokenizer.from_directory(cache / DATASET / f"tokenizer-{V}")
 
 
-def start_evaluator(root, cache, model) -> subprocess.Popen:
-    """Export `model` as train.py does into root/artifacts and start the template's evaluator on it in root/evaluator."""
-    artifacts, folder = root / "artifacts", root / "evaluator"
+def export_to(root, model) -> Path:
+    """Export `model` as train.py does into root/artifacts/model.pt2; the evaluator will work in root/evaluator."""
+    artifacts = root / "artifacts"
     artifacts.mkdir(parents=True)
-    folder.mkdir()
-    for name in ("evaluate.py", "prepare.py"):
-        shutil.copy(TEMPLATE_DIR / name, folder / name)
+    (root / "evaluator").mkdir()
     program = torch.export.export(model.eval(), (torch.zeros((2, T), dtype=torch.long),),
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
     torch.export.save(program, artifacts / "model.pt2")
-    env = {**os.environ, "AUTORESEARCH_ARTIFACTS": str(artifacts), "AUTORESEARCH_CACHE": str(cache),
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "evaluate.py"], cwd=folder, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return root
+
+
+# One process runs the template's evaluate.main() on each model in turn, as the harness runs `python evaluate.py`
+# once per model (its working folder, its AUTORESEARCH_ARTIFACTS): one torch import instead of eight.
+DRIVER = """\
+import contextlib, io, os, sys
+sys.path.insert(0, sys.argv[1])
+import evaluate
+for root in sys.argv[2:]:
+    os.chdir(os.path.join(root, "evaluator"))
+    os.environ["AUTORESEARCH_ARTIFACTS"] = os.path.join(root, "artifacts")
+    out, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            evaluate.main([])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    with open(os.path.join(root, "result.txt"), "w") as f:
+        f.write(f"{code}\\n" + out.getvalue())
+"""
 
 
 @dataclass
@@ -196,20 +211,16 @@ def evaluated(tmp_path_factory, kjv_cache):
               "late": Model(peek="late"), "poison": Model(poison=poison), "counter": Counter(), "latch": Latch(poison),
               "lucky": Lucky()}
     base = tmp_path_factory.mktemp("probe")
-    runs, results = {}, {}
-    try:
-        for name, model in models.items():
-            runs[name] = start_evaluator(base / name, kjv_cache, model)
-        for name, proc in runs.items():
-            out = proc.communicate(timeout=600)[0]
-            path = base / name / "evaluator" / "metrics.json"
-            results[name] = Evaluated(proc.returncode, out, json.loads(path.read_text()) if path.exists() else None,
-                                      base / name)
-    finally:
-        for proc in runs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    roots = {name: export_to(base / name, model) for name, model in models.items()}
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(kjv_cache), "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(TEMPLATE_DIR), *map(str, roots.values())], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = {}
+    for name, root in roots.items():
+        code, _, out = (root / "result.txt").read_text().partition("\n")
+        path = root / "evaluator" / "metrics.json"
+        results[name] = Evaluated(int(code), out, json.loads(path.read_text()) if path.exists() else None, root)
     results["poison"].batch = first_in[poison]
     return results
 

@@ -3,8 +3,8 @@ data: each one ends `invalid` with a reason that names what it did, next to an h
 with the sandbox and, where the harness can catch it without one, without it; what only the sandbox prevents is
 what the README says it is."""
 
+import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import Proposal, Usage
+from autoresearch.config import load_config
 from autoresearch.sandbox import bubblewrap_works
-from autoresearch.session import run_session
+from autoresearch.session import build_runner, open_workspace, run_session
+from autoresearch.trial import Trials
 from tasks import git, journal_rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -299,3 +301,58 @@ def test_a_command_agents_refused_edits_and_git_changes_are_recorded_and_undone(
     assert records[3]["status"] == "keep"
     assert any("left files in your checkout, which are not removed: agent-notes.log" in m for m in messages), messages
     assert (ws / "agent-notes.log").read_text() == "notes\n"  # the user's files: named, never removed
+
+
+SEEDED_TRAIN = TRAIN.replace("STEPS = 3\nw = 0.0\n", (
+    "import random\n\n"
+    'SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))\n'
+    "STEPS = 3\n"
+    "rng = random.Random(SEED)  # the start and 16 more weights come from the seed, as a network's would\n"
+    "w, extra = rng.gauss(0, 1), [rng.gauss(0, 1) for _ in range(16)]\n")).replace(
+    'json.dump({"w": w}, f)', 'json.dump({"w": w, "extra": extra}, f)')
+FINGERPRINTING_EVALUATE = EVALUATE + textwrap.dedent('''\
+    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "model.json")) as f, \\
+            open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "fingerprint.json"), "w") as out:
+        model = json.load(f)
+        json.dump([model["w"], *model["extra"]], out)  # the weights, for the harness's seed check
+''')
+
+
+def test_a_hard_coded_lucky_seed_is_caught_when_its_runs_are_compared(tmp_path, monkeypatch):
+    # The fixed steps pass the screen, so the candidate is confirmed with fresh seeds, which it ignores: its runs
+    # save the same weights, which honest runs with different seeds never do.
+    ws, _ = toy_workspace(tmp_path, "auto", monkeypatch)
+    (ws / "train.py").write_text(SEEDED_TRAIN)
+    (ws / "evaluate.py").write_text(FINGERPRINTING_EVALUATE)
+    toml = (ws / "autoresearch.toml").read_text().replace("seeds = 1\nbaseline_seeds = 1", "seeds = 2\nbaseline_seeds = 2")
+    (ws / "autoresearch.toml").write_text(toml)
+    git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "seeded")
+    lucky = ("hard-code a lucky seed (and do more steps)", None)
+
+    class Lucky(Edits):
+        def propose(self, context):
+            if not self.edits:
+                return None
+            description, _ = self.edits.pop(0)
+            text = context.files["train.py"].replace('SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))', "SEED = 137")
+            return Proposal(description, {"train.py": text.replace("STEPS = 3", "STEPS = 30")})
+
+    run_session(ws, tag="t", agent=Lucky([lucky]), max_experiments=1, echo=lambda *_: None)
+    baseline, record = journal_rows(ws)
+    assert baseline["status"] == "keep" and baseline["metric"] is not None
+    assert record["status"] == "invalid" and "train.py ignores the seed" in record["reason"], record["reason"]
+    assert len(json.loads(record["values_json"])) == 2 and record["metric"] is None
+
+
+def test_an_evaluator_copy_that_differs_from_the_locked_files_is_never_run(tmp_path, monkeypatch):
+    # The session records the locked files' hash when it starts; each evaluator copy of a commit must match it.
+    ws, _ = toy_workspace(tmp_path, "none", monkeypatch)
+    config = load_config(ws)
+    repo = open_workspace(ws, config)
+    honest = build_runner(ws, config, 1, "cpu", echo=lambda *_: None, locked_hash=repo.locked_hash_at("HEAD"))
+    forged = build_runner(ws, config, 1, "cpu", echo=lambda *_: None, locked_hash="0" * 64)
+    trial = Trials(repo, "t").reopen(1, repo.head(), repo.head())
+    assert honest.train(trial, 42, trial.run_dir / "run.log").metric is not None
+    run = forged.train(trial, 43, trial.run_dir / "run-43.log")
+    assert run.failure == "invalid" and "does not match the locked files' hashes" in run.reason, run.reason
+    assert not (trial.run_dir / "run-43-evaluate.log").exists()  # the evaluator never started
