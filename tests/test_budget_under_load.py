@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/schedstat").exists(),
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 BURNERS = max(2, CORES)  # two on the 2-core machines this is written for; one a core elsewhere, so the load stays real
 BURN = "import time\nt = time.time()\nwhile time.time() - t < {seconds}: pass\n"
-TRAINING = re.compile(r"python train\.py'?$")  # the run command, bare or as the sandbox's `sh -c 'python train.py'`
+TRAINING = re.compile(r"\bpython train\.py\b")  # the run command, bare or inside the sandbox's supervisor
 CHEAT = ("train 30% past the budget", [("TIME_BUDGET = float(", "TIME_BUDGET = 1.3 * float(")])
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.agents.base import Proposal, Usage
 from autoresearch.config import load_config
 from autoresearch.sandbox import bubblewrap_works
 from autoresearch.session import build_runner, open_workspace, run_session
 from autoresearch.trial import Trials
 from tasks import git, journal_rows
+from test_gpt_integrity import Edits
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 needs_bwrap = pytest.mark.skipif(not bubblewrap_works(), reason="needs bubblewrap (apt-get install bubblewrap)")
@@ -160,26 +160,14 @@ ONLY_THE_SANDBOX = ["read a held-out copy from a package cache", "load an earlie
 KEYS = {"OPENAI_API_KEY": "sk-proj-" + "A1b2" * 10, "HF_TOKEN": "hf_" + "Zx9" * 12}
 
 
-class Edits:
-    """Proposes each (description, code) once: the code inserted into the best train.py, or an edit of STEPS."""
+MARKER = "# (cheats go here)\n"
 
-    name = "edits"
 
-    def __init__(self, edits):
-        self.edits, self.spent = list(edits), Usage()
-
-    def propose(self, context):
-        if not self.edits:
-            return None
-        description, code = self.edits.pop(0)
-        text = context.files["train.py"]
-        if code is None:  # the honest improvement
-            return Proposal(description, {"train.py": text.replace("STEPS = 3", "STEPS = 30")})
-        marker = "# (cheats go here)\n"  # kept, for the next cheat after one that was kept
-        return Proposal(description, {"train.py": text.replace(marker, FIND + code + "\n" + marker)})
-
-    def observe(self, result):
-        pass
+def edits(named: list[tuple[str, str | None]]) -> Edits:
+    """The honest improvement (code None: more steps) and cheats (code inserted before the model is saved; the
+    marker stays, for the next cheat after one that was kept), as replacements in the best train.py."""
+    return Edits([(name, [("STEPS = 3", "STEPS = 30")] if code is None else [(MARKER, FIND + code + "\n" + MARKER)])
+                  for name, code in named])
 
 
 def toy_workspace(tmp_path: Path, mode: str, monkeypatch) -> tuple[Path, Path]:
@@ -207,9 +195,9 @@ def toy_workspace(tmp_path: Path, mode: str, monkeypatch) -> tuple[Path, Path]:
 
 
 def run_cheats(ws: Path, copy: Path, names: list[str]) -> tuple[dict, list[str]]:
-    edits = [("do more steps", None)] + [(n, CHEATS[n].replace("PACKAGE_COPY", repr(str(copy)))) for n in names]
+    named = [("do more steps", None)] + [(n, CHEATS[n].replace("PACKAGE_COPY", repr(str(copy)))) for n in names]
     messages = []
-    run_session(ws, tag="t", agent=Edits(edits), max_experiments=len(edits), echo=messages.append)
+    run_session(ws, tag="t", agent=edits(named), max_experiments=len(named), echo=messages.append)
     return {r["description"]: r for r in journal_rows(ws)}, messages
 
 
@@ -249,12 +237,29 @@ def test_round_two_cheats_are_invalid_under_the_sandbox(tmp_path, monkeypatch):
     assert (ws / ".git").is_dir() and copy.read_text() == "5.20 4.80 5.00 5.10\n"
 
 
+HARNESS = """\
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1]]
+from test_integrity_round_two import run_cheats
+records, messages = run_cheats(Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]))
+Path(sys.argv[5]).write_text(json.dumps({"records": records, "messages": messages}))
+"""
+
+
 def test_round_two_cheats_without_a_sandbox(tmp_path, monkeypatch):
     ws, copy = toy_workspace(tmp_path, "none", monkeypatch)
     main = git(ws, "rev-parse", "HEAD")
     last = "rewrite the held-out data in place, size and mtime kept"  # it stops the session: the data is altered
     names = [n for n in UNSANDBOXED if n != last] + ONLY_THE_SANDBOX + ["print the harness's keys", last]
-    records, messages = run_cheats(ws, copy, names)
+    # The harness in a process of its own, as `autoresearch run` is: this test process may hold native threads
+    # (torch's, from other tests) that do not block the signals the harness watches.
+    out = tmp_path / "records.json"
+    done = subprocess.run([sys.executable, "-c", HARNESS, str(Path(__file__).parent), str(ws), str(copy), json.dumps(names),
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(out.read_text())
+    records, messages = found["records"], found["messages"]
     assert any(m.startswith("Sandbox: none; nothing is hidden from training") for m in messages), messages
     assert records["do more steps"]["status"] == "keep"
     for name, expected in UNSANDBOXED.items():
@@ -327,17 +332,9 @@ def test_a_hard_coded_lucky_seed_is_caught_when_its_runs_are_compared(tmp_path, 
     toml = (ws / "autoresearch.toml").read_text().replace("seeds = 1\nbaseline_seeds = 1", "seeds = 2\nbaseline_seeds = 2")
     (ws / "autoresearch.toml").write_text(toml)
     git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "seeded")
-    lucky = ("hard-code a lucky seed (and do more steps)", None)
-
-    class Lucky(Edits):
-        def propose(self, context):
-            if not self.edits:
-                return None
-            description, _ = self.edits.pop(0)
-            text = context.files["train.py"].replace('SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))', "SEED = 137")
-            return Proposal(description, {"train.py": text.replace("STEPS = 3", "STEPS = 30")})
-
-    run_session(ws, tag="t", agent=Lucky([lucky]), max_experiments=1, echo=lambda *_: None)
+    lucky = Edits([("hard-code a lucky seed (and do more steps)",
+                    [('SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))', "SEED = 137"), ("STEPS = 3", "STEPS = 30")])])
+    run_session(ws, tag="t", agent=lucky, max_experiments=1, echo=lambda *_: None)
     baseline, record = journal_rows(ws)
     assert baseline["status"] == "keep" and baseline["metric"] is not None
     assert record["status"] == "invalid" and "train.py ignores the seed" in record["reason"], record["reason"]

@@ -37,7 +37,12 @@ class _Run:
 class SignalWatch:
     """While entered (from the main thread, on Linux), SIGINT and SIGTERM are blocked and taken by a watcher
     thread. One sent by a process of the run under way (its session, or a process carrying its marker) is
-    recorded against that run, which is killed; any other reaches the main thread's handler as before."""
+    recorded against that run, which is killed; any other reaches the main thread's handler as before.
+
+    The mask is per thread: threads started before the watch (the harness starts none, and never imports torch,
+    whose native thread pool would be some) do not block the signals, and one the kernel hands to them reaches
+    the main thread's handler without its sender. A sender that exits before the watcher reads its /proc entry
+    is taken as the user's."""
 
     def __init__(self):
         self.runs: list[_Run] = []  # the runs under way
@@ -64,11 +69,12 @@ class SignalWatch:
             info = signal.sigtimedwait(WATCHED, 0.1)
             if info is None:
                 continue
-            signo = info.si_signo if info.si_signo in WATCHED else signal.SIGTERM  # never drop one
+            if info.si_signo not in WATCHED:
+                continue
             try:
-                self._route(signo, info.si_pid)
+                self._route(info.si_signo, info.si_pid)
             except Exception:  # the watcher must outlive anything odd: the signal then goes to the main thread
-                _thread.interrupt_main(signo)
+                _thread.interrupt_main(info.si_signo)
 
     def _route(self, signo: int, sender: int) -> None:
         session = _session_of(sender) if sender > 0 else None
