@@ -90,32 +90,32 @@ def rows_with_summaries(ws):
     return [{**r, "summary": json.loads(r["summary_json"])} for r in journal_rows(ws)]
 
 
-@pytest.mark.timeout(900)  # 160-210 s on 2 cores already busy with other work: 2 loaded runs of 50-65 s, 2 evaluations
+@pytest.mark.timeout(600)  # 60-100 s on 2 cores already busy with other work: one loaded run of 50-65 s, its evaluation
 def test_the_integrity_suites_honest_candidate_is_not_over_budget_under_load(tmp_path, kjv_cache, monkeypatch,
                                                                           loaded_training):
-    # The suite's settings (1 s budget, 25 s start-up allowance), one seed each; the kill limit raised from 62 s
-    # (loaded gpt runs here take 50-75 s: the limit must not end them before the rule does); the hidden test split is
-    # not scored (not what this checks, and two evaluator runs saved).
+    # The suite's settings (1 s budget, 25 s start-up allowance) and its honest candidate (the template's learning
+    # rates), measured once, as the baseline of its own tag; the kill limit raised from 62 s (loaded gpt runs here take
+    # 50-75 s: the limit must not end them before the rule does); the hidden test split is not scored (not what this
+    # checks).
     ws = gpt_workspace(tmp_path, kjv_cache, monkeypatch, sandbox="auto", seeds=1)
+    train = (ws / "train.py").read_text()
+    for old, new in HONEST[1]:
+        train = train.replace(old, new)
+    (ws / "train.py").write_text(train)
     edit_config(ws, ("grace_seconds = 60", "grace_seconds = 300"),
                 ('test = "python evaluate.py --split test"', ""))
     budget, allowance = 1.0, 25.0
-    run_session(ws, tag="t", agent=Edits([HONEST]), budget=budget, max_experiments=1, echo=lambda *_: None)
+    run_session(ws, tag="t", agent=Edits([]), budget=budget, max_experiments=0, echo=lambda *_: None)
     rows = rows_with_summaries(ws)
     report(rows, loaded_training, budget, allowance)
-    assert [r["description"] for r in rows] == ["baseline", "restore the learning rates"]
-    assert len(loaded_training) == 2
-    assert not [r for r in rows if r["status"] == "invalid"], [(r["description"], r["reason"]) for r in rows]
-    baseline, honest = rows
-    assert baseline["status"] == "keep", baseline["reason"]
-    assert honest["status"] == "keep", honest["reason"]
-    assert honest["metric"] < baseline["metric"]
-    for row, out in zip(rows, loaded_training):
-        assert row["wall_seconds"] == pytest.approx(out.wall_seconds)
-        # The load was real: the harness measured it. (Not asserted: that a wall broke the quiet-machine rule of
-        # budget + allowance, 26 s: on 2 cores busy with other work it does, 50-75 s, but on an idle machine a loaded
-        # gpt run may take about 2 x 12 s, and then it would not.)
-        assert out.dilation >= 1.3, (row["description"], out.dilation, out.wall_seconds)
+    assert [r["description"] for r in rows] == ["baseline"] and len(loaded_training) == 1
+    honest, out = rows[0], loaded_training[0]
+    assert honest["status"] == "keep", honest["reason"]  # not invalid: within budget + allowance x R
+    assert honest["wall_seconds"] == pytest.approx(out.wall_seconds)
+    # The load was real: the harness measured it. (Not asserted: that the wall broke the quiet-machine rule of
+    # budget + allowance, 26 s: on 2 cores busy with other work it does, 50-75 s, but on an idle machine a loaded
+    # gpt run may take about 2 x 12 s, and then it would not.)
+    assert out.dilation >= 1.3, (out.dilation, out.wall_seconds)
 
 
 # The gpt template cannot make the cheat's margin robust in minutes: its start-up (torch import, sandbox, tokenizer,
