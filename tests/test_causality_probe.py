@@ -13,7 +13,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass

@@ -26,7 +26,6 @@ import pytest
 from autoresearch.artifacts import Refused, take_artifacts
 from autoresearch.executors.local import MARKER, LocalExecutor
 from autoresearch.gitguard import GitGuard
-from autoresearch.process import command_env
 from autoresearch.sandbox import Bubblewrap, bubblewrap_works, changed_paths, fingerprint, python_paths
 from autoresearch.signals import WATCH, SignalWatch
 from tasks import git, make_task

@@ -17,12 +17,11 @@ from pathlib import Path
 from autoresearch.artifacts import Refused, take_artifacts
 from autoresearch.contention import allowed_seconds
 from autoresearch.executors.base import RunOutcome
+from autoresearch.executors.local import TAIL_LINES, read_tail
 from autoresearch.gitguard import GitGuard
 from autoresearch.ledger import STATE_DIR
-from autoresearch.executors.local import TAIL_LINES, read_tail
 from autoresearch.sandbox import SUPERVISOR_MARK, Bubblewrap, ProtectedPaths, changed_paths, fingerprint, leftover_processes
 from autoresearch.trial import Trial
-from autoresearch.workspace import Workspace
 
 CODE_SUFFIXES = (".py", ".pth", ".so")  # files Python could import: a run may not plant them in its worktree
 FAILED_ON_PATH = re.compile(r"(No such file or directory|Read-only file system|Permission denied|Not a directory|"
