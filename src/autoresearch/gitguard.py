@@ -40,6 +40,7 @@ class GitGuard:
         self.checkout = Path(checkout).resolve()
         self.git_dir = common_dir(self.checkout)
         self.tag = tag
+        self._entries: dict[str, str] = {}  # a worktree's .git link -> its folder under worktrees/, as first read
 
     def _others(self, key: str) -> bool:
         """A ref another tag's session owns."""
@@ -73,7 +74,7 @@ class GitGuard:
     def _entry(self, link: Path) -> str:
         """The worktree's folder under worktrees/, from its .git link as the harness made it (a link that points
         elsewhere falls back to the worktree's name, and is itself reported as changed)."""
-        key = getattr(self, "_entries", {}).get(str(link))
+        key = self._entries.get(str(link))
         if key is None:
             key = f"worktrees/{link.parent.name}"
             try:
@@ -82,7 +83,7 @@ class GitGuard:
                     key = f"worktrees/{target.name}"
             except (OSError, IndexError):
                 pass
-            self._entries = {**getattr(self, "_entries", {}), str(link): key}
+            self._entries[str(link)] = key
         return key
 
     def changes(self, before: GitSnapshot, after: GitSnapshot) -> list[str]:
