@@ -125,8 +125,9 @@ class LocalExecutor:
             on_start=None, on_tick=None) -> RunOutcome:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         timed_out = interrupted = False
-        marker = f"{MARKER}={os.urandom(8).hex()}"
-        run_env = command_env({**env, MARKER: marker.split("=", 1)[1]}, base=run_environment(os.environ, self.passthrough))
+        token = os.urandom(8).hex()
+        marker = f"{MARKER}={token}"  # as it stands in /proc/<pid>/environ
+        run_env = command_env({**env, MARKER: token}, base=run_environment(os.environ, self.passthrough))
         with open(log_path, "wb") as log, WATCH.guarding(marker) as guarded:  # a signal it sends is its offence
             start = time.monotonic()
             proc = subprocess.Popen(command, shell=True, cwd=workspace, env=run_env, stdout=log,
