@@ -11,7 +11,7 @@ import pytest
 from autoresearch import UsageError
 from autoresearch.agents import make_agent
 from autoresearch.agents.base import Context, CrashToFix
-from autoresearch.agents.command import CommandAgent, describe
+from autoresearch.agents.command import CommandAgent, described, summarize_diff
 from autoresearch.config import AgentSettings
 from autoresearch.session import run_session
 import tasks
@@ -123,28 +123,39 @@ def test_deleting_a_locked_file_is_rejected_and_it_comes_back(root, tmp_path):
     assert (root / "prepare.py").is_file()
 
 
-def test_a_stray_new_file_is_rejected_and_removed(root, tmp_path):
+def test_a_new_file_that_is_not_editable_is_left_out_and_named(root, tmp_path):
     cli = script(tmp_path, """\
         echo "STEPS = 41" >> train.py
         mkdir -p notes/deep && echo hi > notes/deep/plan.txt
     """)
     agent = agent_for(f"{cli} {{prompt_file}}", root)
-    assert "not editable: notes/deep/plan.txt" in agent.propose(context(root)).refused
+    proposal = agent.propose(context(root))  # the CLI's notes or caches never make a proposal invalid
+    assert proposal is not None and not proposal.refused, agent.last_error
+    assert list(proposal.files) == ["train.py"]
+    assert "left out of the proposal: notes/deep/plan.txt" in agent.last_note
     assert not (root / "notes").exists()
+    assert_at_head(root)
+
+
+def test_a_changed_gitignore_is_a_task_file_and_refused(root, tmp_path):
+    cli = script(tmp_path, "echo 'STEPS = 41' >> train.py\necho '.aider*' >> .gitignore\n")
+    agent = agent_for(f"{cli} {{prompt_file}}", root)
+    assert "not editable: .gitignore" in agent.propose(context(root)).refused
     assert_at_head(root)
 
 
 def test_commits_made_by_the_cli_are_read_and_undone(root, tmp_path):
     cli = script(tmp_path, """\
         sed -i 's/STEPS = 40/STEPS = 80/' train.py
-        git -c user.name=x -c user.email=x@x commit -qam "aider: more steps"
-        echo "DESCRIPTION: double the steps"
+        git -c user.name=x -c user.email=x@x commit -qam "Double the training steps."
+        echo ">>>>>>> REPLACE"
     """)
     head = git(root, "rev-parse", "HEAD")
     agent = agent_for(f"{cli} {{prompt_file}}", root)
     proposal = agent.propose(context(root))
     assert proposal is not None, agent.last_error
     assert proposal.files == {"train.py": TRAIN.replace("STEPS = 40", "STEPS = 80")}
+    assert proposal.description == "Double the training steps."  # the CLI's own commit message, not its last line
     assert git(root, "rev-parse", "HEAD") == head
     assert_at_head(root)
 
@@ -180,28 +191,29 @@ def test_no_change_gives_no_proposal(root, tmp_path):
     assert "no file" in agent.last_error
 
 
-def test_without_a_description_line_the_last_output_line_is_used(root, tmp_path):
+def test_without_a_description_line_or_a_commit_the_diff_is_summarized(root, tmp_path):
     cli = script(tmp_path, """\
-        echo "STEPS = 41" >> train.py
-        echo "I added one more step."
-        echo "   Tried  a longer   schedule.  "
-        echo ""
+        sed -i 's/LR = 0.1/LR = 0.3/' train.py
+        echo "I raised it."
+        echo ">>>>>>> REPLACE"
     """)
     agent = agent_for(f"{cli} {{prompt_file}}", root)
-    assert agent.propose(context(root)).description == "Tried a longer schedule."
+    assert agent.propose(context(root)).description == "train.py: LR = 0.1 → LR = 0.3"
 
 
-def test_without_any_output_the_fallback_description_is_used(root, tmp_path):
-    agent = agent_for("echo 'STEPS = 41' >> train.py", root)
-    assert agent.propose(context(root)).description == "command agent edit"
+def test_without_any_output_the_diff_is_summarized(root, tmp_path):
+    agent = agent_for("echo 'STEPS = 41' >> train.py && echo 'DROPOUT = 0' >> train.py", root)
+    assert agent.propose(context(root)).description == "train.py: +2 −0 lines"
 
 
 def test_description_parsing():
-    assert describe("DESCRIPTION: a\nmore\n**DESCRIPTION:** b\nend\n") == "b"
-    assert describe("\x1b[1mDESCRIPTION:\x1b[0m colored\n") == "colored"
-    assert describe("End with `DESCRIPTION: <what this experiment tries, in one line>`.\nlast words\n") == "last words"
-    assert len(describe("DESCRIPTION: " + "x" * 500)) == 200
-    assert describe("") == "command agent edit"
+    assert described("DESCRIPTION: a\nmore\n**DESCRIPTION:** b\nend\n") == "b"
+    assert described("\x1b[1mDESCRIPTION:\x1b[0m colored\n") == "colored"
+    assert described("End with `DESCRIPTION: <what this experiment tries, in one line>`.\nlast words\n") == ""
+    assert described("DESCRIPTION: >>>>>>> REPLACE\n") == ""  # never a line of edit syntax
+    assert len(described("DESCRIPTION: " + "x" * 500)) == 200
+    assert described("") == ""
+    assert summarize_diff({"t.py": "A = 1\nB = 2\n"}, {"t.py": "A = 1\nB = 3\n"}) == "t.py: B = 2 → B = 3"
 
 
 def test_a_command_without_the_placeholder_gets_the_prompt_on_stdin(root, tmp_path):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from autoresearch import UsageError, __version__
+from autoresearch.config import AGENT_NAMES
 from autoresearch.workspace import DATASETS
 
 
@@ -16,6 +17,13 @@ def cmd_init(args) -> int:
     workspace = init_workspace(Path(args.directory), args.template, args.dataset)
     print(f"Created workspace {workspace} (template {args.template}) with one commit.")
     print(f"Next: cd {args.directory} && autoresearch prepare")
+    return 0
+
+
+def cmd_adopt(args) -> int:
+    from autoresearch.adopt import adopt
+
+    adopt(Path(args.directory))
     return 0
 
 
@@ -92,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default=None, help="data for the gpt template (default: kjv, embedded)")
     p.set_defaults(func=cmd_init)
 
+    p = sub.add_parser("adopt", help="make a repository laid out like Karpathy's autoresearch (prepare.py, train.py, "
+                       "program.md) a workspace: autoresearch.toml, program.autoresearch.md, .gitignore, one commit")
+    p.add_argument("directory", nargs="?", default=".")
+    p.set_defaults(func=cmd_adopt)
+
     p = sub.add_parser("prepare", help="run the workspace's locked set-up step (data, tokenizer)")
     p.add_argument("--workspace", default=".")
     p.set_defaults(func=cmd_prepare)
@@ -99,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the research loop: baseline, then propose, run, keep or revert, record; resumes where it stopped")
     p.add_argument("--workspace", default=".")
     p.add_argument("--tag", default=None, help="experiments go on branch autoresearch/<tag> (default: today, e.g. nov22); an existing tag is resumed")
-    p.add_argument("--agent", default=None, choices=["tune", "openai", "anthropic", "command", "perturb"],
-                   help="who proposes (default: [agent] name in autoresearch.toml)")
-    p.add_argument("--model", default=None, help="openai / anthropic: the model")
-    p.add_argument("--base-url", default=None, help="openai: an OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, OpenRouter...)")
+    p.add_argument("--agent", default=None, choices=list(AGENT_NAMES),
+                   help="who proposes (default: [agent] name in autoresearch.toml); aider, claude-code and codex run "
+                        "that coding-agent CLI, command any other")
+    p.add_argument("--model", default=None, help="openai / anthropic / aider / claude-code / codex: the model")
+    p.add_argument("--base-url", default=None, help="an endpoint: OpenAI-compatible for openai, aider and codex (vLLM, "
+                                                   "llama.cpp, Ollama, OpenRouter...), Anthropic for claude-code")
     p.add_argument("--command", default=None, help="command agent: a coding-agent CLI, e.g. 'claude -p {prompt_file}'")
     p.add_argument("--max-cost", type=float, default=None, help="stop once the estimated agent spend on this branch reaches USD")
     p.add_argument("--budget", type=float, default=None, help="training seconds per experiment (default from autoresearch.toml)")

@@ -114,15 +114,19 @@ class SandboxSettings(_Strict):
     network: bool = False  # the training run gets no network unless this is true
 
 
+AGENT_NAMES = ("tune", "openai", "anthropic", "aider", "claude-code", "codex", "command", "perturb")
+
+
 class AgentSettings(_Strict):
-    name: Literal["tune", "openai", "anthropic", "command", "perturb"] = "tune"
-    model: str | None = None  # openai / anthropic: the model name
-    base_url: str | None = None  # openai: any OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, OpenRouter...)
+    name: Literal["tune", "openai", "anthropic", "aider", "claude-code", "codex", "command", "perturb"] = "tune"
+    model: str | None = None  # openai / anthropic / the CLI presets: the model name
+    base_url: str | None = None  # an endpoint: OpenAI-compatible (openai, aider, codex) or Anthropic (claude-code)
     api_key_env: str | None = None  # the variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)
     max_tokens: int = Field(8192, ge=1)  # reply length cap for LLM agents
-    timeout_seconds: float = Field(600.0, gt=0)  # one LLM call, or one run of the command agent
+    timeout_seconds: float = Field(600.0, gt=0)  # one LLM call, or one proposal of a CLI (killed at the limit)
     max_retries: int = Field(5, ge=0)  # LLM calls: retries on 429, 5xx and timeouts, with backoff
     command: str | None = None  # command agent: e.g. "claude -p {prompt_file}"
+    args: str = ""  # aider / claude-code / codex: more options, appended to the preset's command line
     history_limit: int = Field(50, ge=1)  # how many recent discarded or crashed ideas the prompt shows
     prices: dict[str, Price] = Field(default_factory=dict)  # per-model price overrides, dollars per million tokens
     tune: dict[str, TuneSpace] = Field(default_factory=dict)  # tune: per-constant search-space overrides

@@ -75,6 +75,7 @@ ADDED_COLUMNS = (
     ("pids_json", "TEXT NOT NULL DEFAULT '[]'"),  # every process group the trial started: [pid, identity]
     ("retry_of", "INTEGER"),                    # a re-measurement of a row cut off by a kill
     ("test_state", "TEXT"),                     # kept rows with a test command: pending | done | failed
+    ("protection_json", "TEXT"),                # what the row's runs had: sandbox, held-out paths hidden, evaluator
 )
 
 
@@ -122,6 +123,12 @@ class Row:
     pids_json: str = "[]"
     retry_of: int | None = None
     test_state: str | None = None
+    protection_json: str | None = None
+
+    @property
+    def protection(self) -> dict | None:
+        """What the row's runs had (sandbox, hidden paths, evaluator); None for rows journaled before it was kept."""
+        return json.loads(self.protection_json) if self.protection_json else None
 
     @property
     def values(self) -> list[float]:
@@ -249,6 +256,14 @@ class Ledger:
         self.db.execute("UPDATE experiments SET input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
                         " llm_calls = llm_calls + ?, cost_usd = cost_usd + ? WHERE id = ?",
                         (usage.input_tokens, usage.output_tokens, usage.calls, usage.cost_usd, row_id))
+
+    def set_protection(self, row_id: int, protection: dict) -> None:
+        self.db.execute("UPDATE experiments SET protection_json = ? WHERE id = ?", (json.dumps(protection), row_id))
+
+    def add_propose_seconds(self, row_id: int, seconds: float) -> None:
+        """Add agent time that led to no row of its own (no proposal, a duplicate) to a row's propose_seconds."""
+        self.db.execute("UPDATE experiments SET propose_seconds = COALESCE(propose_seconds, 0) + ? WHERE id = ?",
+                        (seconds, row_id))
 
     def total_cost(self) -> float:
         return self.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM experiments WHERE branch = ?", (self.branch,)).fetchone()[0]

@@ -50,11 +50,14 @@ class Loop:
         self.reporter = reporter or Reporter()
         self.trials = Trials(ws, ledger.tag)
         self.billed = Usage()  # the part of agent.spent already written to the journal
+        self.unbilled_seconds = 0.0  # agent time of proposals that got no row (none made, duplicates): billed to the next
         self.last_row: int | None = None
 
     def run(self) -> None:
         """Recover, baseline if needed, finish what a kill cut off, then experiments until a limit."""
         self.recover()
+        rows = self.ledger.rows()
+        self.last_row = rows[-1].id if rows else None  # on a resume, what the agent spends before its first row goes here
         started, done, idle, errors = time.monotonic(), 0, 0, 0
         try:
             if self.ledger.best() is None:
@@ -77,6 +80,7 @@ class Loop:
         finally:
             if self.last_row is not None:  # spend after the last experiment (e.g. a reply that did not parse)
                 self.ledger.bill(self.last_row, self._unbilled())
+                self._bill_seconds(self.last_row)
             self.recover()
 
     def step(self) -> int:
@@ -88,6 +92,7 @@ class Loop:
         runs = 0
         for attempt in range(MAX_FIX_ATTEMPTS + 1):
             if proposal is None:
+                self.unbilled_seconds += time.monotonic() - t0
                 why = getattr(self.agent, "last_error", None)
                 self.reporter.say(f"  no proposal from {self.agent.name}" + (f": {why}" if why else ""))
                 break
@@ -125,6 +130,7 @@ class Loop:
         digest = self.ws.editable_hash_at(parent, proposal.files)
         if digest == self.ws.editable_hash_at(parent) or digest in self.ledger.measured_hashes():
             self.reporter.say(f"  skipped   {description}: already measured")
+            self.unbilled_seconds += propose_seconds
             return Result(description, "duplicate", None, "this exact code was already measured")
         row = self._start(parent, None, description, self.agent.name, "", digest, self.s.seed, attempt, propose_seconds, started_at)
         trial = self.trials.open(row, parent, proposal.files, description)
@@ -270,11 +276,20 @@ class Loop:
         return delta
 
     def _start(self, *args, **kwargs) -> int:
-        """Open a journal row and bill it what the agent spent since the last one."""
+        """Open a journal row and bill it what the agent spent since the last one, time included."""
         row = self.ledger.start(*args, **kwargs)
         self.ledger.bill(row, self._unbilled())
+        self._bill_seconds(row)
+        protection = getattr(self.runner, "protection", None)
+        if protection is not None:
+            self.ledger.set_protection(row, protection())
         self.last_row = row
         return row
+
+    def _bill_seconds(self, row: int) -> None:
+        if self.unbilled_seconds:
+            self.ledger.add_propose_seconds(row, self.unbilled_seconds)
+            self.unbilled_seconds = 0.0
 
     def _limit_reached(self, done: int, started: float) -> bool:
         if self.s.max_experiments is not None and done >= self.s.max_experiments:

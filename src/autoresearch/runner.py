@@ -77,6 +77,12 @@ class Runner:
         self.guard = GitGuard(self.checkout) if self.checkout else None
         self.locked_hash = locked_hash  # the locked files' hash at the session's start: each evaluator copy must match
 
+    def protection(self) -> dict:
+        """What protected this session's runs, as they had it: recorded with each row, so `status` never claims
+        more than a run had."""
+        return {"sandbox": "bubblewrap" if self.sandbox else "none", "hidden": len(self.protected.hidden),
+                "watched": len(self.protected.all()), "evaluator": self.spec.evaluate_command}
+
     def _env(self, seed: int, artifacts: Path, trial: Trial) -> dict[str, str]:
         return {"AUTORESEARCH_TIME_BUDGET": f"{self.spec.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
                 "AUTORESEARCH_ARTIFACTS": str(artifacts), "AUTORESEARCH_WORKSPACE": str(trial.tree.root)}

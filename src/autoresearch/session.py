@@ -159,6 +159,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         parent = best.commit_sha if best else start  # what the next candidate, or the baseline, starts from
         config = committed_config(ws, parent)
         ws = open_workspace(root, config)
+        ws.identity  # who commits, read before any agent runs: never an identity a CLI writes into .git/config
         agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
         if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
             agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root, tag=tag)

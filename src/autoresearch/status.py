@@ -9,17 +9,37 @@ from rich.text import Text
 
 from autoresearch.config import load_config
 from autoresearch.ledger import Ledger
-from autoresearch.sandbox import INSTALL_HINT, bubblewrap_works
 
 STYLES = {"keep": "bold green", "discard": "dim", "crash": "red", "timeout": "red", "invalid": "magenta", "running": "cyan"}
 
 
-def sandbox_summary(mode: str) -> str:
-    if mode == "none":
-        return "off (sandbox.mode = \"none\"): training can read held-out data; changes to it are still caught"
-    if bubblewrap_works():
-        return "bubblewrap: training sees the machine read-only, the held-out data not at all, and no network"
-    return f"none, bubblewrap is not available ({INSTALL_HINT}): training can read held-out data; changes to it are still caught"
+def protection_lines(rows) -> list[str]:
+    """What protected the recorded runs, as each row had it: never a protection a run did not have."""
+    had = [r.protection for r in rows if r.protection is not None]
+    lines = []
+    if len(had) < len(rows):
+        lines.append(f"{len(rows) - len(had)} row(s) were journaled before protection was recorded: nothing is claimed for them.")
+    if not had:
+        return lines
+    boxed = sum(p["sandbox"] == "bubblewrap" for p in had)
+    hidden = {p["hidden"] for p in had if p["sandbox"] == "bubblewrap"}
+    if boxed == len(had) and hidden and min(hidden) > 0:
+        lines.append(f"Sandbox: all {boxed} run(s) in bubblewrap, with {min(hidden)} held-out path(s) hidden from training "
+                     "(it saw an allow-list of the machine, read-only, and no network).")
+    elif boxed:
+        lines.append(f"Sandbox: {boxed} of {len(had)} run(s) in bubblewrap (an allow-list of the machine, read-only, no "
+                     "network)" + (", but no held-out path was hidden from training: the task declares none"
+                                   if not max(hidden, default=0) else f", hiding {max(hidden)} held-out path(s)") + ".")
+    if boxed < len(had):
+        lines.append(f"{len(had) - boxed} run(s) had no sandbox: training could read anything you can, held-out data "
+                     "included; changes to the watched data are still caught.")
+    scored = {p["evaluator"] for p in had if p["evaluator"]}
+    if len(scored) and all(p["evaluator"] for p in had):
+        lines.append(f"The metric comes from the locked evaluator `{', '.join(sorted(scored))}`, run in its own process.")
+    else:
+        lines.append("The metric is self-reported: it is the number train.py's own code prints (no `evaluate` command), "
+                     "so an edit could forge or game it; the budget, the locked files and the noise rule still hold.")
+    return lines
 
 
 def running_note(r) -> str:
@@ -121,10 +141,8 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
                       f"{config.decide.threshold_sigmas:g}σ: see the table.[/]")
     console.print("Noise between seeds: " + (f"σ = {sigma:.6f}, pooled over every experiment run with several seeds" if sigma is not None
                                               else "not measured (one seed per experiment)"))
-    evaluator = config.commands.evaluate
-    console.print(f"The metric comes from the locked evaluator `{evaluator}`, run in its own process." if evaluator else
-                  "The metric is self-reported: it is the number the run prints (no `evaluate` command in autoresearch.toml).")
-    console.print(f"Sandbox: {sandbox_summary(config.sandbox.mode)}.")
+    for line in protection_lines(rows):
+        console.print(escape(line))
     console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
                   f"{s['per_hour']:.1f} per hour")
     calls = sum(r.llm_calls for r in rows)

@@ -35,11 +35,21 @@ def git(workspace: Path, *args: str, check: bool = True) -> subprocess.Completed
     return result
 
 
-def _identity_args(workspace: Path) -> list[str]:
-    """Commit as the user if git knows them, else as autoresearch (a fresh machine may have no identity)."""
-    if git(workspace, "config", "user.email", check=False).stdout.strip():
-        return []
-    return ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost"]
+AUTORESEARCH_IDENTITY = ("autoresearch", "autoresearch@localhost")
+
+
+def identity_of(workspace: Path) -> tuple[str, str]:
+    """Who commits: the user, if git knows both their name and email, else autoresearch (a fresh machine may
+    have no identity)."""
+    name = git(workspace, "config", "user.name", check=False).stdout.strip()
+    email = git(workspace, "config", "user.email", check=False).stdout.strip()
+    return (name, email) if name and email else AUTORESEARCH_IDENTITY
+
+
+def _identity_args(workspace: Path, identity: tuple[str, str] | None = None) -> list[str]:
+    """`-c` options that make a commit's author and committer `identity` (default: the workspace's now)."""
+    name, email = identity or identity_of(workspace)
+    return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
 
 
 def init_workspace(directory: Path, template: str = "gpt", dataset: str | None = None) -> Path:
@@ -94,10 +104,21 @@ class Workspace:
         self.root = Path(root).resolve()
         self.editable = editable
         self.locked = locked
+        self._identity: tuple[str, str] | None = None
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """Who the harness's commits are by: read once, when first asked (the session asks before any agent
+        runs), so an identity a coding CLI writes into the repository's config later is never used."""
+        if self._identity is None:
+            self._identity = identity_of(self.root)
+        return self._identity
 
     def at(self, folder: Path) -> "Workspace":
-        """The same checks in another checkout of this repository (a trial's worktree)."""
-        return Workspace(folder, self.editable, self.locked)
+        """The same checks in another checkout of this repository (a trial's worktree), committing as this one."""
+        tree = Workspace(folder, self.editable, self.locked)
+        tree._identity = self.identity
+        return tree
 
     def git(self, *args: str, check: bool = True) -> str:
         return git(self.root, *args, check=check).stdout
@@ -128,8 +149,11 @@ class Workspace:
         return git(self.root, "update-ref", "-m", "autoresearch", ref, new, expected, check=False).returncode == 0
 
     def dirty_paths(self) -> list[str]:
-        """Tracked changes and untracked files that are not ignored, in the user's checkout."""
-        return [line[3:] for line in self.git("status", "--porcelain").splitlines()]
+        """Tracked changes and untracked files that are not ignored, in the user's checkout; the harness's own
+        (.autoresearch/, and an untracked results.tsv) are not the user's changes."""
+        lines = self.git("status", "--porcelain").splitlines()
+        return [line[3:] for line in lines
+                if not (line[3:].startswith(".autoresearch/") or line[3:] == ".autoresearch" or line == "?? results.tsv")]
 
     def checked_out_branch(self) -> str | None:
         """The branch the user's checkout is on (refs/heads/...), or None when detached."""
@@ -222,7 +246,7 @@ class Workspace:
     def commit_editable(self, message: str) -> str:
         """Commit the editable files only: files a run leaves behind never ride along in a candidate."""
         self.git("add", "-A", "--", *self.editable)
-        self.git(*_identity_args(self.root), "commit", "-q", "--no-verify", "--allow-empty", "-m", message)
+        self.git(*_identity_args(self.root, self.identity), "commit", "-q", "--no-verify", "--allow-empty", "-m", message)
         return self.head()
 
     def diff(self, old: str, new: str) -> str:

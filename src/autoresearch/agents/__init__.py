@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoresearch import UsageError
-from autoresearch.config import AgentSettings
+from autoresearch.config import AGENT_NAMES, AgentSettings
 from autoresearch.ledger import STATE_DIR
 
 
@@ -35,8 +35,9 @@ def make_agent(name: str, settings: AgentSettings | None = None, seed: int = 0, 
         from autoresearch.agents.llm import AnthropicAgent
 
         return AnthropicAgent(settings)
-    if name == "command":
+    if name in ("command", "aider", "claude-code", "codex"):
         from autoresearch.agents.command import CommandAgent
+        from autoresearch.agents.presets import PRESETS
 
-        return CommandAgent(settings, workspace=workspace, tag=tag)
-    raise UsageError(f"unknown agent '{name}' (available: tune, openai, anthropic, command, perturb)")
+        return CommandAgent(settings, workspace=workspace, tag=tag, preset=PRESETS.get(name))
+    raise UsageError(f"unknown agent '{name}' (available: {', '.join(AGENT_NAMES)})")

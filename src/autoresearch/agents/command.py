@@ -1,4 +1,4 @@
-"""The command agent: runs a coding-agent CLI (claude, codex, aider...) in a scratch worktree and reads its edits with git."""
+"""The command agent: runs a coding-agent CLI (a preset, or any command) in a scratch worktree and reads its edits with git."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from autoresearch import UsageError
 from autoresearch.agents.base import Context, Proposal, Result, Usage
+from autoresearch.agents.presets import Invocation, Launch, Preset
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.config import AgentSettings, load_config
 from autoresearch.executors.local import group_alive, kill_group
@@ -22,35 +23,41 @@ from autoresearch.workspace import Workspace
 PLACEHOLDER = "{prompt_file}"
 PROMPT_DIR = Path(STATE_DIR) / "prompts"
 MAX_DESCRIPTION = 200
-FALLBACK_DESCRIPTION = "command agent edit"
+EDIT_SYNTAX = ("<<<<<<<", "=======", ">>>>>>>", "*** ", "@@", "+++ ", "--- ", "```", "diff --git")
 OUTPUT_TAIL_BYTES = 256_000  # the description is looked for in the last part of the CLI's output
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 
 class CommandAgent:
-    """Runs `settings.command` with `sh -c` in a scratch worktree at the parent commit (the user's checkout is never
+    """Runs a coding-agent CLI in a scratch worktree at the parent commit (the user's checkout is never
     touched); the CLI edits files there, and the harness reads them with git.
 
-    `{prompt_file}` in the command becomes the (shell-quoted) path of the prompt; a command without it gets the
-    prompt on stdin. Any change to a file that is not editable rejects the proposal; the scratch worktree is
-    removed afterwards and the edits return as a Proposal, which the loop commits in a trial of its own.
+    With a `preset` (aider, claude-code, codex) the CLI's command line, environment and own folder come from
+    it. Otherwise `settings.command` runs with `sh -c`: `{prompt_file}` in it becomes the (shell-quoted) path of
+    the prompt, and a command without it gets the prompt on stdin. A change to a task file that is not editable
+    rejects the proposal; new files that are not editable (the CLI's history, caches, notes) are left out of it.
+    The scratch worktree is removed afterwards and the edits return as a Proposal, which the loop commits in a
+    trial of its own. A run is killed at `[agent] timeout_seconds`.
 
     `spent` stays at zero: what the CLI itself costs (its own tokens and dollars) is unknown to the harness.
     Why the last proposal came back as None is in `last_error`.
     """
 
-    name = "command"
     kill_grace = 5.0  # seconds between SIGTERM and SIGKILL for the CLI's process group
 
-    def __init__(self, settings: AgentSettings, workspace: Path | str | None = None, tag: str | None = None):
-        if not (settings.command or "").strip():
-            raise UsageError('the command agent needs [agent] command, e.g. command = "claude -p {prompt_file}"')
+    def __init__(self, settings: AgentSettings, workspace: Path | str | None = None, tag: str | None = None,
+                 preset: Preset | None = None):
+        if preset is None and not (settings.command or "").strip():
+            raise UsageError('the command agent needs [agent] command, e.g. command = "claude -p {prompt_file}", '
+                             "or one of the presets: --agent aider, claude-code or codex")
         self.settings = settings
+        self.preset = preset
+        self.name = preset.name if preset else "command"
         self.workspace = Path(workspace).resolve() if workspace else None
         self.tag = tag  # the session's: other tags' refs are theirs to move meanwhile
         self.spent = Usage()
         self.last_error: str | None = None
-        self.last_note: str = ""  # what the last proposal left behind in the user's checkout
+        self.last_note: str = ""  # what the last proposal left behind in the user's checkout, or left out
         self.last_log: Path | None = None
 
     def observe(self, result: Result) -> None:
@@ -71,8 +78,11 @@ class CommandAgent:
         ws = repo.add_worktree(scratch, base)  # the CLI works here, never in the user's checkout
         guard = GitGuard(root, self.tag)  # it runs unsandboxed: what it does to the git data is undone
         files_before, left = _leftovers(repo), []
+        tracked = _tracked(ws, base)
+        invocation = Invocation(prompt_path, self._state_dir(root), [p for p in tracked if ws.is_editable(p)],
+                                sorted(p for p in context.locked if p != "autoresearch.toml"))
         try:
-            proposal = self._propose_in(ws, context, base, prompt_path, log_path, guard)
+            proposal = self._propose_in(ws, context, base, invocation, log_path, guard)
             left = sorted(_leftovers(repo) - files_before)
         finally:
             repo.remove_worktree(scratch)
@@ -80,7 +90,7 @@ class CommandAgent:
             self.last_note = f"the command left files in your checkout, which are not removed: {', '.join(left[:5])}"
         return proposal
 
-    def _propose_in(self, ws: Workspace, context: Context, base: str, prompt_path: Path, log_path: Path,
+    def _propose_in(self, ws: Workspace, context: Context, base: str, invocation: Invocation, log_path: Path,
                     guard: GitGuard) -> Proposal | None:
         """Run the CLI in the scratch worktree `ws` (at `base`), undo what it did to the git data (before any more
         git runs), and read what it changed."""
@@ -92,21 +102,29 @@ class CommandAgent:
             except ValueError as exc:
                 return self._fail(f"cannot set up the crashed version: {exc}")
             fix_start = {p: (ws.root / p).read_text(encoding="utf-8") for p in sorted(self._changes(ws, base, before))}
-        code, timed_out = self._run(ws.root, prompt_path, log_path)
+        code, timed_out = self._run(ws.root, invocation, log_path)
         git_after = guard.snapshot([ws.root])
         meddled = guard.changes(git_before, git_after)
         if meddled:
             guard.restore(git_before, git_after)
-            return Proposal(describe(read_output(log_path)), {},
+            return Proposal(self._describe(ws, base, log_path, {}), {},
                             f"the command changed the repository's git data ({', '.join(meddled[:4])}); undone")
         if timed_out:
-            return self._fail(f"the command timed out after {self.settings.timeout_seconds:g}s (log: {log_path})")
+            return self._fail(f"the command timed out after {self.settings.timeout_seconds:g}s and was killed "
+                              f"(log: {log_path})")
         if code != 0:
             return self._fail(f"the command exited with code {code} (log: {log_path})")
         changes = self._changes(ws, base, before)
+        tracked = set(_tracked(ws, base))
+        extra = sorted(p for p, status in changes.items() if status == "A" and p not in tracked and not ws.is_editable(p))
+        for path in extra:  # new files that are not editable: the CLI's own (history, caches) or notes, left out
+            del changes[path]
+        noted = [p for p in extra if not self._is_own(p)]
+        if noted:
+            self.last_note = f"new files that are not editable were left out of the proposal: {', '.join(noted[:5])}"
         foreign = sorted(p for p in changes if not ws.is_editable(p))
         if foreign:
-            return Proposal(describe(read_output(log_path)), {},
+            return Proposal(self._describe(ws, base, log_path, {}), {},
                             f"the command changed files that are not editable: {', '.join(foreign)}")
         deleted = sorted(p for p, status in changes.items() if status == "D")
         if deleted:
@@ -119,10 +137,21 @@ class CommandAgent:
             return self._fail("the command changed no file")
         if context.fix is not None and files == fix_start:
             return self._fail("the command made no edit to the crashed version: the fix is given up")
-        return Proposal(describe(read_output(log_path)), files)
+        return Proposal(self._describe(ws, base, log_path, files), files)
+
+    def _describe(self, ws: Workspace, base: str, log_path: Path, files: dict[str, str]) -> str:
+        """The description, in order: a `DESCRIPTION:` line of the output, the CLI's own commit message, a
+        one-line summary of the diff. Never a line of edit syntax."""
+        message = ws.git("log", "-1", "--format=%s", f"{base}..HEAD", check=False).strip()
+        original = {p: ws.tree_files(base, [p]).get(p, b"").decode("utf-8", "replace") for p in files}
+        return (described(read_output(log_path)) or (_clean(message) if not is_edit_syntax(message) else "")
+                or summarize_diff(original, files) or "no change")
 
     def check(self) -> None:
-        """Before the baseline: the CLI's program must exist."""
+        """Before the baseline: the CLI's program must exist (and, for a preset, a model and a key)."""
+        if self.preset is not None:
+            self.preset.check(self.settings)
+            return
         words = shlex.split(self.settings.command or "")
         program = next((w for w in words if "=" not in w.split("/")[0]), "")  # skip VAR=value prefixes
         if program and shutil.which(program) is None and not Path(program).exists():
@@ -151,17 +180,40 @@ class CommandAgent:
         n = 1 + max((int(p.stem) for p in folder.iterdir() if p.stem.isdigit()), default=0)
         return folder / f"{n}.md", folder / f"{n}.log"
 
-    def _run(self, root: Path, prompt_path: Path, log_path: Path) -> tuple[int | None, bool]:
-        """Run the command in its own process group; kill the group at the time limit. Returns (exit code, timed out)."""
+    def _state_dir(self, root: Path) -> Path:
+        """A preset CLI's own folder (its history, config, sessions), kept under .autoresearch/, outside the task."""
+        folder = root / STATE_DIR / "cli" / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _is_own(self, path: str) -> bool:
+        from fnmatch import fnmatch
+
+        return self.preset is not None and any(fnmatch(path, glob) for glob in self.preset.own_files)
+
+    def _launch(self, invocation: Invocation) -> tuple[list[str] | str, dict[str, str], bool]:
+        """The preset's argv, or the user's command for `sh -c` with `{prompt_file}` filled in."""
+        if self.preset is not None:
+            launch: Launch = self.preset.build(self.settings, invocation)
+            return launch.argv, launch.env, launch.stdin
         command = self.settings.command
-        use_stdin = PLACEHOLDER not in command
-        if not use_stdin:
-            command = command.replace(PLACEHOLDER, shlex.quote(str(prompt_path)))
-        env = command_env({"AUTORESEARCH_PROMPT_FILE": str(prompt_path)})
+        if PLACEHOLDER not in command:
+            return command, {}, True
+        return command.replace(PLACEHOLDER, shlex.quote(str(invocation.prompt_file))), {}, False
+
+    def _run(self, root: Path, invocation: Invocation, log_path: Path) -> tuple[int | None, bool]:
+        """Run the CLI in its own process group; kill the group at the time limit. Returns (exit code, timed out)."""
+        command, extra_env, use_stdin = self._launch(invocation)
+        env = command_env({"AUTORESEARCH_PROMPT_FILE": str(invocation.prompt_file), **extra_env})
         timed_out = False
-        with open(log_path, "wb") as log, open(prompt_path, "rb") if use_stdin else open(os.devnull, "rb") as stdin:
-            proc = subprocess.Popen(command, shell=True, cwd=root, env=env, stdin=stdin, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        stdin_path = invocation.prompt_file if use_stdin else os.devnull
+        with open(log_path, "wb") as log, open(stdin_path, "rb") as stdin:
+            try:
+                proc = subprocess.Popen(command, shell=isinstance(command, str), cwd=root, env=env, stdin=stdin,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                log.write(f"cannot start {command[0] if isinstance(command, list) else command}: {exc}\n".encode())
+                return 127, False
             try:
                 proc.wait(timeout=self.settings.timeout_seconds)
             except subprocess.TimeoutExpired:
@@ -185,6 +237,11 @@ class CommandAgent:
         return changes
 
 
+def _tracked(ws: Workspace, commit: str) -> list[str]:
+    """The paths committed at `commit`, sorted."""
+    return sorted(n for n in ws.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n)
+
+
 def _leftovers(repo: Workspace) -> set[str]:
     """Untracked files of the user's checkout, ignored ones too (outside .autoresearch/)."""
     out = repo.git("status", "--porcelain", "--ignored", "--untracked-files=all", "-z")
@@ -201,19 +258,34 @@ def read_output(log_path: Path) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
-def describe(output: str) -> str:
-    """The last `DESCRIPTION:` line's text, else the last non-empty line, as one line of at most 200 characters."""
+def described(output: str) -> str:
+    """The last `DESCRIPTION:` line's text, as one line of at most 200 characters; "" when there is none."""
     lines = [_ANSI.sub("", line).strip() for line in output.splitlines()]
     for line in reversed(lines):
         if "DESCRIPTION:" in line:
             text = _clean(line.rsplit("DESCRIPTION:", 1)[1])
-            if text and not text.startswith("<"):  # not the prompt's own template echoed back
+            if text and not text.startswith("<") and not is_edit_syntax(text):  # not the prompt's template echoed
                 return text
-    for line in reversed(lines):
-        text = _clean(line)
-        if text:
-            return text
-    return FALLBACK_DESCRIPTION
+    return ""
+
+
+def is_edit_syntax(text: str) -> bool:
+    """Whether a line is part of an edit (a SEARCH/REPLACE marker, a patch or diff header, a fence)."""
+    return text.lstrip().startswith(EDIT_SYNTAX)
+
+
+def summarize_diff(before: dict[str, str], after: dict[str, str]) -> str:
+    """One line saying what changed: `train.py: LR = 0.1 → LR = 0.2` for a one-line change, else the counts."""
+    parts = []
+    for path in sorted(after):
+        old, new = before.get(path, "").splitlines(), after[path].splitlines()
+        removed = [line for line in old if line not in new]
+        added = [line for line in new if line not in old]
+        if len(removed) == 1 and len(added) == 1:
+            parts.append(f"{path}: {removed[0].strip()} → {added[0].strip()}")
+        elif added or removed:
+            parts.append(f"{path}: +{len(added)} −{len(removed)} lines")
+    return _clean("; ".join(parts))
 
 
 def _clean(text: str) -> str:

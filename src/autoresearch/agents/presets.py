@@ -1,0 +1,136 @@
+"""Presets for the coding-agent CLIs people use (aider, Claude Code, Codex): how each runs non-interactively."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from autoresearch import UsageError
+from autoresearch.config import AgentSettings
+
+
+@dataclass
+class Invocation:
+    """What one proposal's run of a CLI is given: the prompt's file, a folder of its own outside the task (for
+    its history and config), and the task's editable and locked files."""
+
+    prompt_file: Path
+    state_dir: Path
+    editable: list[str]
+    locked: list[str]
+
+
+@dataclass
+class Launch:
+    """How to start the CLI: its argv (no shell), the environment it adds, and whether the prompt goes on stdin."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    stdin: bool = False
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    program: str  # the binary, looked up on PATH
+    install: str  # how to install it, for the error when it is missing
+    key_env: str  # where the key is by default ([agent] api_key_env overrides it)
+    needs_model: bool  # the CLI has no usable default model for an arbitrary endpoint
+    own_files: tuple[str, ...]  # globs: what the CLI keeps in the folder it works in (never part of a proposal)
+    launch: Callable[[AgentSettings, Invocation, str], Launch]  # settings, invocation, the key's variable
+    logins: tuple[str, ...] = ()  # files under HOME that mean the CLI is signed in without a key
+    commits: bool = False  # whether the CLI commits its edits (then its message can describe the proposal)
+
+    def key_variable(self, settings: AgentSettings) -> str:
+        return settings.api_key_env or self.key_env
+
+    def check(self, settings: AgentSettings) -> None:
+        """Before the baseline: the binary exists, a model is named where one is needed, and a key or a
+        sign-in is there. Each miss is one line naming it, in seconds rather than after a night of retries."""
+        if shutil.which(self.program) is None:
+            raise UsageError(f"--agent {self.name} needs `{self.program}` on PATH ({self.install})")
+        if self.needs_model and not settings.model:
+            raise UsageError(f"--agent {self.name} needs a model: --model NAME (or [agent] model)")
+        variable = self.key_variable(settings)
+        signed_in = any((Path.home() / login).is_file() for login in self.logins)
+        if not os.environ.get(variable) and not (signed_in and not settings.base_url):
+            hint = f", or sign in with `{self.program}` first" if self.logins else ""
+            raise UsageError(f"--agent {self.name} needs a key: set ${variable} (or name another variable in "
+                             f"[agent] api_key_env){hint}")
+
+    def build(self, settings: AgentSettings, invocation: Invocation) -> Launch:
+        launch = self.launch(settings, invocation, self.key_variable(settings))
+        launch.argv += shlex.split(settings.args or "")
+        return launch
+
+
+def _aider(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
+    """aider without git (the harness reads the edits; aider never commits or writes .git/config or
+    .gitignore), SEARCH/REPLACE edits whatever the model, its history files in its own folder, and nothing
+    that asks, scrapes URLs, suggests shell commands, checks for updates or signs in through a browser."""
+    model = settings.model if "/" in settings.model else f"openai/{settings.model}"
+    argv = ["aider", "--model", model, "--edit-format", "diff", "--message-file", str(inv.prompt_file),
+            "--yes-always", "--no-git", "--no-auto-commits", "--no-dirty-commits", "--no-gitignore",
+            "--no-detect-urls", "--no-suggest-shell-commands", "--no-check-update", "--no-show-release-notes",
+            "--analytics-disable", "--no-pretty", "--no-fancy-input", "--no-auto-lint", "--no-auto-test",
+            "--no-show-model-warnings", "--map-tokens", "0",
+            "--chat-history-file", str(inv.state_dir / "chat.history.md"),
+            "--input-history-file", str(inv.state_dir / "input.history"),
+            "--llm-history-file", str(inv.state_dir / "llm.history")]
+    for path in inv.editable:
+        argv += ["--file", path]
+    for path in inv.locked:
+        argv += ["--read", path]
+    env = {"OPENAI_API_KEY": os.environ.get(key, "")}
+    if settings.base_url:
+        argv += ["--openai-api-base", settings.base_url]
+    return Launch(argv, env)
+
+
+def _claude_code(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
+    """Claude Code in print mode: edits accepted without asking, no shell, web or git; its config and session
+    files in its own folder (CLAUDE_CONFIG_DIR) rather than the task; no updater or non-essential traffic."""
+    argv = ["claude", "-p", "--output-format", "text", "--permission-mode", "acceptEdits",
+            "--disallowedTools", "Bash,WebFetch,WebSearch,NotebookEdit,Task"]
+    if settings.model:
+        argv += ["--model", settings.model]
+    env = {"ANTHROPIC_API_KEY": os.environ.get(key, ""), "CLAUDE_CONFIG_DIR": str(inv.state_dir / "claude"),
+           "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"}
+    if settings.base_url:
+        env["ANTHROPIC_BASE_URL"] = settings.base_url
+    return Launch(argv, env, stdin=True)
+
+
+def _codex(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
+    """`codex exec` with the edits allowed in its working folder only, never an approval prompt, its home
+    (sessions, logs) in its own folder, and a provider of its own when an endpoint is given."""
+    argv = ["codex", "exec", "--skip-git-repo-check", "--sandbox", "workspace-write", "--model", settings.model,
+            "--output-last-message", str(inv.state_dir / "last-message.txt")]
+    env = {"CODEX_HOME": str(inv.state_dir / "codex")}
+    if settings.base_url:
+        provider = {"name": "autoresearch", "base_url": settings.base_url, "env_key": key, "wire_api": "responses"}
+        argv += ["-c", "model_provider=autoresearch", "-c", f"model_providers.autoresearch={_toml_inline(provider)}"]
+    else:
+        env["OPENAI_API_KEY"] = os.environ.get(key, "")
+    argv.append("-")  # the prompt on stdin
+    return Launch(argv, env, stdin=True)
+
+
+def _toml_inline(table: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + "}"
+
+
+PRESETS = {
+    "aider": Preset("aider", "aider", "pip install aider-chat, or pipx install aider-chat", "OPENAI_API_KEY", True,
+                    (".aider*",), _aider),
+    "claude-code": Preset("claude-code", "claude", "npm install -g @anthropic-ai/claude-code", "ANTHROPIC_API_KEY",
+                          False, (".claude", ".claude/*", "CLAUDE.md"), _claude_code,
+                          logins=(".claude/.credentials.json",)),
+    "codex": Preset("codex", "codex", "npm install -g @openai/codex", "OPENAI_API_KEY", True,
+                    (".codex", ".codex/*", "AGENTS.md"), _codex, logins=(".codex/auth.json",)),
+}
