@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+import shutil
 import signal
 import sqlite3
 import threading
@@ -82,6 +85,31 @@ def committed_config(ws: Workspace, commit: str) -> Config:
     return load_config_at(ws.root, commit, names, ws.git_bytes("cat-file", "blob", f"{commit}:{CONFIG_FILE}").decode())
 
 
+def check_commands(config: Config, ws: Workspace, commit: str) -> None:
+    """At the start of a run, before any training: each command's program is installed, and a script it names
+    (`python evaluate.py`) is committed at `commit`, where the runs take their files from."""
+    names = set(n for n in ws.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n)
+    for key in ("run", "evaluate", "test"):
+        command = getattr(config.commands, key)
+        if not command:
+            continue
+        try:
+            words = [w for w in shlex.split(command) if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]
+        except ValueError as exc:
+            raise UsageError(f"commands.{key} `{command}` cannot be parsed: {exc}") from None
+        if not words:
+            continue
+        if "/" not in words[0] and shutil.which(words[0]) is None:
+            raise UsageError(f"commands.{key} runs `{words[0]}`, which is not installed or not on PATH")
+        for word in words[1:]:
+            if word.startswith("-") or not word.endswith((".py", ".sh")):
+                continue
+            if not Path(word).is_absolute() and Path(word).as_posix() not in names:
+                raise UsageError(f"commands.{key} runs {word}, which is not committed at {commit[:7]}: add and commit "
+                                 f"it, or change commands.{key} in {CONFIG_FILE}")
+            break
+
+
 def ensure_branch(ws: Workspace, known: set[str], tag: str, echo) -> str:
     """The commit autoresearch/<tag> starts from: made at HEAD for a new tag. The user's checkout is left as it
     is; its uncommitted changes are named once and are never part of a candidate. A branch with commits the
@@ -160,6 +188,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         config = committed_config(ws, parent)
         ws = open_workspace(root, config)
         ws.identity  # who commits, read before any agent runs: never an identity a CLI writes into .git/config
+        check_commands(config, ws, parent)
         agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
         if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
             agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root, tag=tag)

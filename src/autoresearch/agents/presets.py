@@ -71,14 +71,18 @@ class Preset:
 
 def _aider(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
     """aider without git (the harness reads the edits; aider never commits or writes .git/config or
-    .gitignore), SEARCH/REPLACE edits whatever the model, its history files in its own folder, and nothing
-    that asks, scrapes URLs, suggests shell commands, checks for updates or signs in through a browser."""
-    model = settings.model if "/" in settings.model else f"openai/{settings.model}"
+    .gitignore), SEARCH/REPLACE edits whatever the model, its history in its own folder, the editable files
+    given (without git it picks none up from the prompt), and nothing that asks, scrapes URLs, installs
+    Playwright, suggests shell commands, checks for updates, opts into analytics or signs in through a browser.
+    (aider runs a message that starts with `/` or `!` as a command: the harness's prompt starts with `#`.)"""
+    model = settings.model
+    if settings.base_url and not model.startswith("openai/"):
+        model = f"openai/{model}"  # an OpenAI-compatible endpoint, whatever the model's own name has in it
     argv = ["aider", "--model", model, "--edit-format", "diff", "--message-file", str(inv.prompt_file),
             "--yes-always", "--no-git", "--no-auto-commits", "--no-dirty-commits", "--no-gitignore",
-            "--no-detect-urls", "--no-suggest-shell-commands", "--no-check-update", "--no-show-release-notes",
-            "--analytics-disable", "--no-pretty", "--no-fancy-input", "--no-auto-lint", "--no-auto-test",
-            "--no-show-model-warnings", "--map-tokens", "0",
+            "--no-detect-urls", "--no-suggest-shell-commands", "--disable-playwright", "--no-check-update",
+            "--no-show-release-notes", "--no-analytics", "--no-pretty", "--no-fancy-input", "--no-auto-lint",
+            "--no-auto-test", "--no-show-model-warnings", "--map-tokens", "0",
             "--chat-history-file", str(inv.state_dir / "chat.history.md"),
             "--input-history-file", str(inv.state_dir / "input.history"),
             "--llm-history-file", str(inv.state_dir / "llm.history")]
@@ -86,21 +90,30 @@ def _aider(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
         argv += ["--file", path]
     for path in inv.locked:
         argv += ["--read", path]
-    env = {"OPENAI_API_KEY": os.environ.get(key, "")}
     if settings.base_url:
         argv += ["--openai-api-base", settings.base_url]
-    return Launch(argv, env)
+    # COLUMNS: rich wraps a non-streamed reply at 80 columns otherwise, splitting the DESCRIPTION line
+    return Launch(argv, {"OPENAI_API_KEY": os.environ.get(key, ""), "COLUMNS": "4096"})
 
 
 def _claude_code(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
-    """Claude Code in print mode: edits accepted without asking, no shell, web or git; its config and session
-    files in its own folder (CLAUDE_CONFIG_DIR) rather than the task; no updater or non-essential traffic."""
-    argv = ["claude", "-p", "--output-format", "text", "--permission-mode", "acceptEdits",
-            "--disallowedTools", "Bash,WebFetch,WebSearch,NotebookEdit,Task"]
+    """Claude Code in print mode: edits accepted without asking, and only the file tools (an allow-list: a
+    deny-list leaves worktree, skill and workflow tools on); no session files, updater, telemetry or other
+    non-essential traffic; its retries and request timeout from [agent]. With a key it runs bare (no hooks, no
+    CLAUDE.md) with its config in its own folder; without one it uses the user's sign-in under ~/.claude."""
+    argv = ["claude", "-p", "--output-format", "text", "--permission-mode", "acceptEdits", "--no-session-persistence",
+            "--disallowedTools", "Bash,WebFetch,WebSearch"]
+    env = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+           "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS": "1",
+           "CLAUDE_CODE_MAX_RETRIES": str(settings.max_retries),
+           "API_TIMEOUT_MS": str(int(settings.timeout_seconds * 1000))}
+    if os.environ.get(key):
+        argv += ["--bare", "--tools", "Read,Edit"]
+        env.update({"ANTHROPIC_API_KEY": os.environ[key], "CLAUDE_CONFIG_DIR": str(inv.state_dir / "claude")})
+    else:  # signed in: the login lives in the user's config folder, so that is where it runs
+        argv += ["--tools", "Read,Edit,Write,Glob,Grep"]
     if settings.model:
         argv += ["--model", settings.model]
-    env = {"ANTHROPIC_API_KEY": os.environ.get(key, ""), "CLAUDE_CONFIG_DIR": str(inv.state_dir / "claude"),
-           "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"}
     if settings.base_url:
         env["ANTHROPIC_BASE_URL"] = settings.base_url
     return Launch(argv, env, stdin=True)

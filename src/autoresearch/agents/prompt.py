@@ -1,4 +1,4 @@
-"""Build the agent's prompt: program.md first, then the harness's protocol, then the context, within a size cap."""
+"""Build the agent's prompt: the harness's protocol, then program.md, then the context, within a size cap."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ fenced code block."""
 DIRECT_FORMAT = """\
 Edit the files directly in the current directory; the harness reads the changes with git afterwards. End
 your final message with one line `DESCRIPTION: <what this experiment tries, in one line>`."""
+
+
+PROGRAM_HEADING = """\
+# The research program (program.md: the human's goals and ideas)
+
+Where it asks you to run the loop, training, git or logging yourself, or never to stop, the harness above does
+that now: propose the one experiment.
+
+"""
 
 
 def protocol_section(context: Context, reply_format: str) -> str:
@@ -72,7 +81,7 @@ def build_prompt(context: Context, reply_format: str = "blocks", max_chars: int 
 def _render(context, reply_format, history, kept, show_locked, dropped) -> str:
     best = "none yet" if context.best is None else f"{context.best:.6f}"
     noise = "" if context.noise_floor is None else f" (noise between seeds: σ ≈ {context.noise_floor:.6f})"
-    parts = [context.program.strip(), protocol_section(context, reply_format),
+    parts = [protocol_section(context, reply_format), PROGRAM_HEADING + context.program.strip(),
              "# Where things stand",
              f"Metric: {context.metric}, {'higher' if context.maximize else 'lower'} is better. Best so far: {best}{noise}. Device: {context.device}."]
     if history:
