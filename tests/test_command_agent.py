@@ -289,3 +289,49 @@ def test_end_to_end_through_the_loop(tmp_path):
     assert rows[1][:3] == ("raise the learning rate to 0.3", "command", "keep"), agent.last_error
     assert "+LR = 0.3" in rows[1][3]
     assert git(root, "status", "--porcelain") == ""
+
+
+def test_a_night_through_the_loop_counts_agent_time_keeps_the_identity_and_says_what_protected_it(tmp_path, capsys):
+    """Call 1 thinks for a second and changes nothing; call 2 writes an identity into .git/config with its edit;
+    call 3 edits. The lost second is agent time, the config is put back, the commit is by the user as they were
+    when the run started, and status claims no protection the run did not have."""
+    from autoresearch.session import open_ledger
+    from autoresearch.status import render_status
+    from autoresearch.workspace import identity_of
+
+    root = make_task(tmp_path / "ws", NUMPY_TASK)
+    before = identity_of(root)
+    calls = tmp_path / "calls"
+    cli = script(tmp_path, f"""\
+        echo x >> {calls}
+        n=$(wc -l < {calls})
+        if [ "$n" = 1 ]; then sleep 1.2; exit 0; fi
+        if [ "$n" = 2 ]; then git config user.name "Your Name"; git config user.email you@example.com; fi
+        sed -i "s/STEPS = 40/STEPS = 4$n/" train.py
+        echo "DESCRIPTION: steps, try $n"
+    """)
+    agent = CommandAgent(AgentSettings(name="command", command=f"{cli} {{prompt_file}}"), workspace=root)
+    run_session(root, tag="t", agent=agent, max_experiments=1, echo=lambda *_: None)
+    db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
+    rows = db.execute("SELECT description, status, reason, propose_seconds, commit_sha FROM experiments ORDER BY id").fetchall()
+    db.close()
+    assert [r[:2] for r in rows] == [("baseline", "keep"), ("steps, try 2", "invalid"), ("steps, try 3", "keep")]
+    assert "git data" in rows[1][2] and rows[1][3] >= 1.2  # call 1's second is billed to the next row
+    assert "Your Name" not in (root / ".git" / "config").read_text()
+    assert git(root, "log", "-1", "--format=%an|%ae", rows[2][4]) == "|".join(before)
+    ledger, maximize = open_ledger(root, "t")
+    render_status(ledger, maximize)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "self-reported" in out and "held-out data not at all" not in out
+    assert ("no held-out path was hidden from training" in out) or ("had no sandbox" in out)
+
+
+def test_a_command_naming_a_script_that_is_not_committed_is_refused_before_any_run(tmp_path):
+    root = make_task(tmp_path / "ws", NUMPY_TASK)
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('run = "python train.py"', 'run = "python train.py"\nevaluate = "python evaluate.py"'))
+    git(root, "commit", "-qam", "an evaluator that is not there")
+    agent = CommandAgent(AgentSettings(name="command", command="true"), workspace=root)
+    with pytest.raises(UsageError, match="commands.evaluate runs evaluate.py, which is not committed"):
+        run_session(root, tag="t", agent=agent, max_experiments=1, echo=lambda *_: None)
+    assert not (root / "results.tsv").exists()
