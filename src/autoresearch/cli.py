@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adopt", help="make a repository laid out like Karpathy's autoresearch (prepare.py, train.py, "
                        "program.md) a workspace: autoresearch.toml, program.autoresearch.md, .gitignore, one commit")
-    p.add_argument("directory", nargs="?", default=".")
+    p.add_argument("directory", nargs="?", default=".", help="the repository's top folder (default: the current folder)")
     p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser("prepare", help="run the workspace's locked set-up step (data, tokenizer)")
