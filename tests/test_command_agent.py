@@ -335,3 +335,19 @@ def test_a_command_naming_a_script_that_is_not_committed_is_refused_before_any_r
     with pytest.raises(UsageError, match="commands.evaluate runs evaluate.py, which is not committed"):
         run_session(root, tag="t", agent=agent, max_experiments=1, echo=lambda *_: None)
     assert not (root / "results.tsv").exists()
+
+
+def test_a_run_refused_for_an_uncommitted_config_leaves_no_branch_behind(tmp_path):
+    """The first run of a repo whose autoresearch.toml is not committed yet is refused; once it is committed, the
+    same tag starts from that commit (the refused run made no branch at the commit without it)."""
+    root = make_task(tmp_path / "ws", NUMPY_TASK)
+    git(root, "rm", "-q", "--cached", "autoresearch.toml")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "not yet")
+    agent = CommandAgent(AgentSettings(name="command", command="true"), workspace=root)
+    with pytest.raises(UsageError, match="commit it first"):
+        run_session(root, tag="t", agent=agent, max_experiments=0, echo=lambda *_: None)
+    assert git(root, "branch", "--list", "autoresearch/t") == ""
+    git(root, "add", "autoresearch.toml")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "now")
+    run_session(root, tag="t", agent=agent, max_experiments=0, echo=lambda *_: None)
+    assert (root / "results.tsv").read_text().count("baseline") == 1

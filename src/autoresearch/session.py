@@ -126,6 +126,7 @@ def ensure_branch(ws: Workspace, known: set[str], tag: str, echo) -> str:
         head = ws.resolve("HEAD")
         if head is None:
             raise UsageError(f"{ws.root} has no commit yet; commit the task's files first")
+        committed_config(ws, head)  # refused before the branch exists, so a later run starts from the fixed commit
         ws.move_ref(f"refs/heads/{branch}", head, None)
         return head
     if known and tip not in known:
