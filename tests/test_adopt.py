@@ -405,6 +405,9 @@ def write_stand_in_shards(data_dir: Path) -> None:
     pq.write_table(pa.table({"text": val}), data_dir / "shard_06542.parquet")
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
 def cli(*args, cwd, env, timeout=400):
     return subprocess.run([sys.executable, "-m", "autoresearch", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -430,16 +433,15 @@ def test_cpu_fork_end_to_end_adopt_prepare_run_and_resume(tmp_path):
     env.pop("AUTORESEARCH_CACHE", None)
     started = time.monotonic()
 
-    adopted = cli("adopt", cwd=root, env=env)
-    assert adopted.returncode == 0, adopted.stderr
-    toml = (root / "autoresearch.toml").read_bytes()
-    prepared = cli("prepare", cwd=root, env=env)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
-    assert "sanity check passed (vocab_size=1024)" in prepared.stdout
-    assert (home / ".cache" / "autoresearch" / "tokenizer" / "tokenizer.pkl").is_file()
-
-    ran = cli("run", "--tag", "adopt", "--max-experiments", "2", cwd=root, env=env)
+    # The README's line, verbatim, in the repository's folder, as a new user would type it
+    line = next(l.strip() for l in README.read_text().splitlines() if l.strip().startswith("autoresearch adopt &&"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    ran = subprocess.run(["bash", "-c", line], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr
+    toml = (root / "autoresearch.toml").read_bytes()
+    assert "sanity check passed (vocab_size=1024)" in ran.stdout
+    assert (home / ".cache" / "autoresearch" / "tokenizer" / "tokenizer.pkl").is_file()
+    tag = next(l.split("Branch autoresearch/")[1].split()[0] for l in ran.stdout.splitlines() if l.startswith("Branch "))
     if bubblewrap_works():  # sandboxed: the data in ~/.cache is on training's allow-list, and watched
         sandbox = next(line for line in ran.stdout.splitlines() if line.startswith("Sandbox:"))
         assert "bubblewrap" in sandbox and "3 data path(s)" in sandbox and "2 watched" in sandbox, sandbox
@@ -449,15 +451,15 @@ def test_cpu_fork_end_to_end_adopt_prepare_run_and_resume(tmp_path):
     for row in rows:
         assert row["status"] in ("keep", "discard") and 0.5 < float(row["val_bpb"]) < 20, row
     db = sqlite3.connect(root / ".autoresearch" / "journal.sqlite")
-    journal = db.execute("SELECT status, metric, summary_json FROM experiments WHERE branch = 'autoresearch/adopt' "
-                         "ORDER BY id").fetchall()
+    journal = db.execute("SELECT status, metric, summary_json FROM experiments WHERE branch = ? ORDER BY id",
+                         (f"autoresearch/{tag}",)).fetchall()
     db.close()
     assert len(journal) == 3
     for (status, metric, summary), row in zip(journal, rows):  # the mean of the row's seeds, each printed by train.py
         assert status == row["status"] and metric == pytest.approx(float(row["val_bpb"]), abs=1e-6)
         assert 0.5 < json.loads(summary)["val_bpb"] < 20
 
-    resumed = cli("run", "--tag", "adopt", "--max-experiments", "0", cwd=root, env=env)
+    resumed = cli("run", "--tag", tag, "--max-experiments", "0", cwd=root, env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
     assert "error" not in resumed.stderr
     assert (root / "autoresearch.toml").read_bytes() == toml  # no hand edit, before or after
