@@ -78,10 +78,9 @@ class CommandAgent:
         ws = repo.add_worktree(scratch, base)  # the CLI works here, never in the user's checkout
         guard = GitGuard(root, self.tag)  # it runs unsandboxed: what it does to the git data is undone
         files_before, left = _leftovers(repo), []
-        tracked = _tracked(ws, base)
-        invocation = Invocation(prompt_path, self._state_dir(root), [p for p in tracked if ws.is_editable(p)],
-                                sorted(p for p in context.locked if p != "autoresearch.toml"))
         try:
+            invocation = Invocation(prompt_path, self._state_dir(root), [p for p in _tracked(ws, base) if ws.is_editable(p)],
+                                    sorted(p for p in context.locked if p != "autoresearch.toml"))
             proposal = self._propose_in(ws, context, base, invocation, log_path, guard)
             left = sorted(_leftovers(repo) - files_before)
         finally:
