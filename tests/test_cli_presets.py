@@ -166,11 +166,13 @@ def test_a_preset_that_cannot_run_fails_in_seconds_with_one_line(preset, binary,
     assert time.monotonic() - started < 60 and not (root / "results.tsv").exists()  # before any baseline
 
 
-def test_the_preset_command_lines_say_what_they_turn_off():
+def test_the_preset_command_lines_say_what_they_turn_off(tmp_path, monkeypatch):
     from autoresearch.agents.presets import PRESETS as BUILT, Invocation
     from autoresearch.config import AgentSettings
 
-    inv = Invocation(Path("/p/1.md"), Path("/s"), ["train.py"], ["prepare.py"])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    inv = Invocation(Path("/p/1.md"), tmp_path / "s", ["train.py"], ["prepare.py"])
     settings = AgentSettings(model="m", base_url="http://127.0.0.1:1/v1", args="--extra 1")
     aider = BUILT["aider"].build(settings, inv).argv
     for flag in ("--no-git", "--no-detect-urls", "--edit-format", "--no-suggest-shell-commands", "--no-check-update"):
@@ -178,5 +180,8 @@ def test_the_preset_command_lines_say_what_they_turn_off():
     assert aider[-2:] == ["--extra", "1"] and ["--file", "train.py"] == aider[aider.index("--file"):][:2]
     claude = BUILT["claude-code"].build(settings, inv)
     assert "Bash" not in claude.argv[claude.argv.index("--tools") + 1] and claude.stdin
+    assert claude.env["CLAUDE_CONFIG_DIR"].startswith(str(tmp_path)) and "--bare" in claude.argv
     codex = BUILT["codex"].build(settings, inv)
-    assert shlex.join(codex.argv).count("http://127.0.0.1:1/v1") == 1 and codex.env["CODEX_HOME"].startswith("/s")
+    assert shlex.join(codex.argv).count("http://127.0.0.1:1/v1") == 1 and codex.argv[-3:] == ["--extra", "1", "-"]
+    assert codex.env["CODEX_HOME"].startswith(str(tmp_path)) and Path(codex.env["TMPDIR"]).is_dir()
+    assert 'shell_environment_policy.exclude=["OPENAI_API_KEY"]' in codex.argv

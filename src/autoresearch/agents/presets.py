@@ -65,7 +65,9 @@ class Preset:
 
     def build(self, settings: AgentSettings, invocation: Invocation) -> Launch:
         launch = self.launch(settings, invocation, self.key_variable(settings))
-        launch.argv += shlex.split(settings.args or "")
+        extra = shlex.split(settings.args or "")
+        at = len(launch.argv) - 1 if launch.argv[-1] == "-" else len(launch.argv)  # `-` (prompt on stdin) stays last
+        launch.argv[at:at] = extra
         return launch
 
 
@@ -120,21 +122,35 @@ def _claude_code(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
 
 
 def _codex(settings: AgentSettings, inv: Invocation, key: str) -> Launch:
-    """`codex exec` with the edits allowed in its working folder only, never an approval prompt, its home
-    (sessions, logs) in its own folder, and a provider of its own when an endpoint is given."""
-    argv = ["codex", "exec", "--skip-git-repo-check", "--sandbox", "workspace-write", "--model", settings.model,
+    """`codex exec` with its own sandbox writing the working folder only (no network, no commit), never an
+    approval, no web search, plugins, analytics, feedback or update check, bounded retries, and the key hidden
+    from its shell. With a key it talks through a provider of its own (the built-in one ignores OPENAI_API_KEY),
+    with its home and TMPDIR in its own folder (under TMPDIR its sandbox cannot make its helper links); signed
+    in, it keeps the user's ~/.codex, where the sign-in is."""
+    argv = ["codex", "exec", "--skip-git-repo-check", "--ephemeral", "--ignore-user-config", "--ignore-rules",
+            "--color", "never", "--sandbox", "workspace-write", "--model", settings.model,
+            "-c", 'approval_policy="never"', "-c", 'web_search="disabled"', "-c", "analytics.enabled=false",
+            "-c", "feedback.enabled=false", "-c", "check_for_update_on_startup=false",
+            "-c", "sandbox_workspace_write.network_access=false", "-c", "sandbox_workspace_write.exclude_slash_tmp=true",
+            "-c", "shell_environment_policy.ignore_default_excludes=false",
+            "-c", f"shell_environment_policy.exclude={json.dumps([key])}",
+            "--disable", "plugins", "--disable", "unbounded_connection_retries",
             "--output-last-message", str(inv.state_dir / "last-message.txt")]
-    env = {"CODEX_HOME": str(inv.state_dir / "codex")}
-    if settings.base_url:
-        provider = {"name": "autoresearch", "base_url": settings.base_url, "env_key": key, "wire_api": "responses"}
+    env = {}
+    if os.environ.get(key):
+        provider = {"name": "autoresearch", "base_url": settings.base_url or "https://api.openai.com/v1",
+                    "env_key": key, "wire_api": "responses", "request_max_retries": settings.max_retries,
+                    "stream_max_retries": 1, "stream_idle_timeout_ms": 120000}
         argv += ["-c", "model_provider=autoresearch", "-c", f"model_providers.autoresearch={_toml_inline(provider)}"]
-    else:
-        env["OPENAI_API_KEY"] = os.environ.get(key, "")
+        home, tmp = inv.state_dir / "codex-home", inv.state_dir / "tmp"
+        home.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {"CODEX_HOME": str(home), "TMPDIR": str(tmp), key: os.environ[key]}
     argv.append("-")  # the prompt on stdin
     return Launch(argv, env, stdin=True)
 
 
-def _toml_inline(table: dict[str, str]) -> str:
+def _toml_inline(table: dict) -> str:
     return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + "}"
 
 
