@@ -120,6 +120,22 @@ def test_the_readme_example_runs_two_experiments_with_the_real_cli(preset, tmp_p
     assert len(server.used) == 2
 
 
+def test_the_readme_example_for_a_local_openai_compatible_server_runs_verbatim(tmp_path):
+    line = readme_example("openai")
+    root = task(tmp_path)
+    try:
+        server = OpenAIChatServer([ChatEdit(*e) for e in EDITS], port=example_port(line)).start()
+    except OSError as exc:
+        pytest.skip(f"port {example_port(line)} of the README's example is taken here: {exc}")
+    try:
+        proc = subprocess.run(["bash", "-c", line], cwd=root, env=environment(tmp_path, tmp_path), capture_output=True,
+                              text=True, timeout=600)
+    finally:
+        server.stop()
+    check_two_experiments(root, proc, "openai")
+    assert {body["model"] for body in server.chat_requests} == {"qwen3-coder"}
+
+
 def test_a_cli_that_hangs_is_killed_at_its_limit_and_the_loop_goes_on(tmp_path):
     folder = bin_dir(tmp_path, "claude")
     root = task(tmp_path, "\n[agent]\ntimeout_seconds = 8\n")
