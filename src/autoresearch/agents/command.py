@@ -106,7 +106,7 @@ class CommandAgent:
         meddled = guard.changes(git_before, git_after)
         if meddled:
             guard.restore(git_before, git_after)
-            return Proposal(self._describe(ws, base, log_path, {}), {},
+            return Proposal(self._describe(ws, base, log_path, {}, "changed the repository's git data"), {},
                             f"the command changed the repository's git data ({', '.join(meddled[:4])}); undone")
         if timed_out:
             return self._fail(f"the command timed out after {self.settings.timeout_seconds:g}s and was killed "
@@ -123,7 +123,7 @@ class CommandAgent:
             self.last_note = f"new files that are not editable were left out of the proposal: {', '.join(noted[:5])}"
         foreign = sorted(p for p in changes if not ws.is_editable(p))
         if foreign:
-            return Proposal(self._describe(ws, base, log_path, {}), {},
+            return Proposal(self._describe(ws, base, log_path, {}, f"edited {', '.join(foreign[:3])}"), {},
                             f"the command changed files that are not editable: {', '.join(foreign)}")
         deleted = sorted(p for p, status in changes.items() if status == "D")
         if deleted:
@@ -138,13 +138,13 @@ class CommandAgent:
             return self._fail("the command made no edit to the crashed version: the fix is given up")
         return Proposal(self._describe(ws, base, log_path, files), files)
 
-    def _describe(self, ws: Workspace, base: str, log_path: Path, files: dict[str, str]) -> str:
+    def _describe(self, ws: Workspace, base: str, log_path: Path, files: dict[str, str], otherwise: str = "") -> str:
         """The description, in order: a `DESCRIPTION:` line of the output, the CLI's own commit message, a
         one-line summary of the diff. Never a line of edit syntax."""
         message = ws.git("log", "-1", "--format=%s", f"{base}..HEAD", check=False).strip()
         original = {p: ws.tree_files(base, [p]).get(p, b"").decode("utf-8", "replace") for p in files}
         return (described(read_output(log_path)) or (_clean(message) if not is_edit_syntax(message) else "")
-                or summarize_diff(original, files) or "no change")
+                or summarize_diff(original, files) or otherwise or "no change")
 
     def check(self) -> None:
         """Before the baseline: the CLI's program must exist (and, for a preset, a model and a key)."""
