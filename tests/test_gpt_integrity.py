@@ -119,7 +119,9 @@ def test_no_cheat_is_kept_and_an_honest_improvement_is(tmp_path, private_cache, 
     assert val.read_bytes() == val_bytes
     status = subprocess.run([sys.executable, "-m", "autoresearch", "status"], cwd=ws, capture_output=True, text=True,
                             env={**os.environ, "COLUMNS": "200"})
-    assert "test_bpb" in status.stdout and "Sandbox: bubblewrap" in status.stdout, status.stdout
+    said = " ".join(status.stdout.split())  # what protected the runs, as each row recorded it
+    assert "test_bpb" in said and "in bubblewrap, with 3 held-out path(s) hidden from training" in said, status.stdout
+    assert "comes from the locked evaluator" in said and "self-reported" not in said
     assert f"hidden test split {kept['test_metric']:.6f}" in status.stdout
 
 
@@ -134,6 +136,10 @@ def test_without_a_sandbox_a_model_the_evaluator_cannot_load_is_a_crash_that_say
     records = journal_rows(ws)
     assert [r["description"] for r in records] == ["baseline", "forget to export the model", "branch on a tensor value"]
     assert any(m.startswith("Sandbox: none; nothing is hidden from training") for m in messages), messages
+    status = subprocess.run([sys.executable, "-m", "autoresearch", "status"], cwd=ws, capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    said = " ".join(status.stdout.split())
+    assert "3 run(s) had no sandbox" in said and "bubblewrap" not in said, status.stdout  # never a protection not had
     # A model the evaluator cannot load is a crash whose reason tells the agent what to save, and how.
     assert records[1]["status"] == "crash" and "the evaluator failed 2 times" in records[1]["reason"]
     assert "no model.pt2 from train.py: save the trained model with torch.export.save(" in records[1]["reason"]
