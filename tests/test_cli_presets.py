@@ -100,6 +100,8 @@ def check_two_experiments(root: Path, proc: subprocess.CompletedProcess, preset:
     assert "user.name" not in (root / ".git" / "config").read_text()
 
 
+# The README's examples bind fixed ports (8000, 4000): under pytest-xdist they run one at a time, in one group.
+@pytest.mark.xdist_group("readme-ports")
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_the_readme_example_runs_two_experiments_with_the_real_cli(preset, tmp_path):
     binary, server_class, edit_class = PRESETS[preset]
@@ -120,6 +122,7 @@ def test_the_readme_example_runs_two_experiments_with_the_real_cli(preset, tmp_p
     assert len(server.used) == 2
 
 
+@pytest.mark.xdist_group("readme-ports")
 def test_the_readme_example_for_a_local_openai_compatible_server_runs_verbatim(tmp_path):
     line = readme_example("openai")
     root = task(tmp_path)
