@@ -36,6 +36,8 @@ class Launch:
 
 @dataclass(frozen=True)
 class Preset:
+    """One CLI: where it is, what it needs, and how to launch it for a proposal."""
+
     name: str
     program: str  # the binary, looked up on PATH
     install: str  # how to install it, for the error when it is missing
@@ -44,7 +46,6 @@ class Preset:
     own_files: tuple[str, ...]  # globs: what the CLI keeps in the folder it works in (never part of a proposal)
     launch: Callable[[AgentSettings, Invocation, str], Launch]  # settings, invocation, the key's variable
     logins: tuple[str, ...] = ()  # files under HOME that mean the CLI is signed in without a key
-    commits: bool = False  # whether the CLI commits its edits (then its message can describe the proposal)
 
     def key_variable(self, settings: AgentSettings) -> str:
         return settings.api_key_env or self.key_env
