@@ -140,7 +140,7 @@ class Runner:
         """The names of the trial's committed files and its locked files' content, read from the repository
         (never through the worktree's .git link, which a run could re-point)."""
         repo = trial.tree.at(self.checkout) if self.checkout else trial.tree
-        names = {n for n in repo.git("ls-tree", "-r", "-z", "--name-only", trial.commit).split("\0") if n}
+        names = set(repo.names_at(trial.commit))
         return names, repo.tree_files(trial.commit, trial.tree.locked)
 
     def check_training(self, trial: Trial, out: RunOutcome, committed: tuple[set[str], dict[str, bytes]], code_before: set[str],

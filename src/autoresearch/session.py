@@ -79,7 +79,7 @@ def default_tag() -> str:
 
 def committed_config(ws: Workspace, commit: str) -> Config:
     """autoresearch.toml as committed at `commit`: what is measured is what is committed."""
-    names = [n for n in ws.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n]
+    names = ws.names_at(commit)
     if CONFIG_FILE not in names:
         raise UsageError(f"no {CONFIG_FILE} is committed at {commit[:7]}; commit it first")
     return load_config_at(ws.root, commit, names, ws.git_bytes("cat-file", "blob", f"{commit}:{CONFIG_FILE}").decode())
@@ -88,7 +88,7 @@ def committed_config(ws: Workspace, commit: str) -> Config:
 def check_commands(config: Config, ws: Workspace, commit: str) -> None:
     """At the start of a run, before any training: each command's program is installed, and a script it names
     (`python evaluate.py`) is committed at `commit`, where the runs take their files from."""
-    names = set(n for n in ws.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n)
+    names = set(ws.names_at(commit))
     for key in ("run", "evaluate", "test"):
         command = getattr(config.commands, key)
         if not command:

@@ -117,7 +117,7 @@ class Workspace:
     def at(self, folder: Path) -> "Workspace":
         """The same checks in another checkout of this repository (a trial's worktree), committing as this one."""
         tree = Workspace(folder, self.editable, self.locked)
-        tree._identity = self.identity
+        tree._identity = self._identity  # as read so far: no git runs here (a run's worktree is never asked)
         return tree
 
     def git(self, *args: str, check: bool = True) -> str:
@@ -167,9 +167,13 @@ class Workspace:
 
     # -- trees of commits --------------------------------------------------------------------------------------
 
+    def names_at(self, commit: str) -> list[str]:
+        """The paths of every file committed at `commit`, in git's order."""
+        return [n for n in self.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n]
+
     def tree_files(self, commit: str, patterns: list[str]) -> dict[str, bytes]:
         """The committed content of the files matching `patterns` at `commit`."""
-        names = [n for n in self.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n and _matches(n, patterns)]
+        names = [n for n in self.names_at(commit) if _matches(n, patterns)]
         return {name: self.git_bytes("cat-file", "blob", f"{commit}:{name}") for name in names}
 
     def read_editable_at(self, commit: str) -> dict[str, str]:

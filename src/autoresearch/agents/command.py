@@ -79,7 +79,7 @@ class CommandAgent:
         guard = GitGuard(root, self.tag)  # it runs unsandboxed: what it does to the git data is undone
         files_before, left = _leftovers(repo), []
         try:
-            invocation = Invocation(prompt_path, self._state_dir(root), [p for p in _tracked(ws, base) if ws.is_editable(p)],
+            invocation = Invocation(prompt_path, self._state_dir(root), [p for p in ws.names_at(base) if ws.is_editable(p)],
                                     sorted(p for p in context.locked if p != "autoresearch.toml"))
             proposal = self._propose_in(ws, context, base, invocation, log_path, guard)
             left = sorted(_leftovers(repo) - files_before)
@@ -114,7 +114,7 @@ class CommandAgent:
         if code != 0:
             return self._fail(f"the command exited with code {code} (log: {log_path})")
         changes = self._changes(ws, base, before)
-        tracked = set(_tracked(ws, base))
+        tracked = set(ws.names_at(base))
         extra = sorted(p for p, status in changes.items() if status == "A" and p not in tracked and not ws.is_editable(p))
         for path in extra:  # new files that are not editable: the CLI's own (history, caches) or notes, left out
             del changes[path]
@@ -234,11 +234,6 @@ class CommandAgent:
         changes = {path: status[:1] for status, path in zip(fields[0::2], fields[1::2]) if path and not _is_state(path)}
         changes.update({p: "A" for p in self._untracked(ws) - before})
         return changes
-
-
-def _tracked(ws: Workspace, commit: str) -> list[str]:
-    """The paths committed at `commit`, sorted."""
-    return sorted(n for n in ws.git("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if n)
 
 
 def _leftovers(repo: Workspace) -> set[str]:
