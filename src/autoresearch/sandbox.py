@@ -176,7 +176,9 @@ class Bubblewrap:
         self.mounted = mounted
         if confined:  # a supervisor in the namespace: when the command ends, it stops, counts and kills what is left
             command = (f"sh -c {shlex.quote(command)}; rc=$?; kill -STOP -1 2>/dev/null; n=0; "
-                       f"for p in /proc/[0-9]*; do n=$((n+1)); done; kill -KILL -1 2>/dev/null; "
+                       # a zombie (Z) or dead (X) process has ended: it is not left running, just not reaped yet
+                       f"for p in /proc/[0-9]*; do read -r s < $p/stat 2>/dev/null || continue; "
+                       f'case "${{s##*) }}" in Z*|X*) ;; *) n=$((n+1));; esac; done; kill -KILL -1 2>/dev/null; '
                        f'echo "{SUPERVISOR_MARK} $((n-2)) {SUPERVISOR_TAIL}" >&2; exit $rc')
         return shlex.join(args) + " -- sh -c " + shlex.quote(command)
 
