@@ -269,12 +269,29 @@ def test_fix_mode_and_missing_target_give_up():
     assert agent.propose(context("import os\nX = os.sep\n")) is None  # nothing to tune
 
 
-def test_unobserved_proposal_is_failed_not_left_running():
+def test_several_awaited_proposals_get_their_own_results_in_any_order():
+    """With K workers, proposals await their results together: each result is told to the trial of the file it
+    measured, whatever the order they finish in."""
+    agent = TuneAgent(seed=0)
+    first, second = agent.propose(context(SMALL)), agent.propose(context(SMALL))
+    assert first.files != second.files
+    agent.observe(Result(second.description, "discard", 5.0, extra={"files": second.files}))
+    agent.observe(Result(first.description, "keep", 0.5, extra={"files": first.files}))
+    told = {t.user_attrs["digest"]: t.value for t in agent.study.trials if t.state == TrialState.COMPLETE}
+    assert told[hashlib.sha256(first.files["train.py"].encode()).hexdigest()] == 0.5
+    assert told[hashlib.sha256(second.files["train.py"].encode()).hexdigest()] == 5.0
+    agent.observe(Result("a re-base", "keep", 0.1, extra={"files": {"train.py": "X = 1\n"}}))  # not its proposal
+    assert sum(t.state == TrialState.COMPLETE for t in agent.study.trials) == 3  # the parent and the two
+
+
+def test_proposals_never_observed_are_failed_beyond_the_cap(monkeypatch):
+    monkeypatch.setattr("autoresearch.agents.tune.MAX_PENDING", 1)
     agent = TuneAgent(seed=0)
     agent.propose(context(SMALL))
     agent.propose(context(SMALL))
+    agent.propose(context(SMALL))
     states = [t.state for t in agent.study.trials]
-    assert states.count(TrialState.RUNNING) == 1 and TrialState.FAIL in states
+    assert states.count(TrialState.RUNNING) == 2 and TrialState.FAIL in states
 
 
 def test_exhausted_space_stops_without_looping():
@@ -450,7 +467,7 @@ def test_a_trial_left_running_by_a_kill_is_told_its_remeasured_result(tmp_path):
     path = str(tmp_path / "tune.journal")
     first = TuneAgent(seed=0, storage=path)
     proposal = first.propose(context(SMALL))
-    number = first.pending.number
+    number = next(iter(first.pending.values())).number
     del first  # killed while the candidate ran: the trial stays RUNNING in the file
     assert stored_study(path).trials[number].state == TrialState.RUNNING
 
@@ -464,36 +481,39 @@ def test_a_trial_left_running_by_a_kill_is_told_its_remeasured_result(tmp_path):
     assert all(t.state != TrialState.RUNNING for t in stored_study(path).trials)
 
 
-def test_a_trial_left_running_is_failed_when_a_proposal_comes_first(tmp_path):
+def test_a_trial_left_running_stays_awaited_while_new_proposals_come(tmp_path):
+    """With K workers a result may come after later proposals: a trial a kill left RUNNING is not failed by a new
+    proposal; its file counts as proposed, and its result, matched by the file, is told to it."""
     path = str(tmp_path / "tune.journal")
     first = TuneAgent(seed=0, storage=path)
     proposal = first.propose(context(SMALL))
-    number = first.pending.number
+    number = next(iter(first.pending.values())).number
     del first
 
     second = TuneAgent(seed=0, storage=path)
     again = second.propose(context(SMALL))
-    trial = stored_study(path).trials[number]
-    assert trial.state == TrialState.FAIL and trial.user_attrs["status"] == "never observed"
+    assert stored_study(path).trials[number].state == TrialState.RUNNING
     assert again.files["train.py"] != proposal.files["train.py"]  # its file counts as proposed
-    second.observe(Result(again.description, "discard", 1.2))
-    assert stored_study(path).trials[-1].value == 1.2
+    second.observe(Result(again.description, "discard", 1.2, extra={"files": again.files}))
+    second.observe(Result(proposal.description, "discard", 1.4, extra={"files": proposal.files}))
+    trials = stored_study(path).trials
+    assert trials[-1].value == 1.2 and trials[number].state == TrialState.COMPLETE and trials[number].value == 1.4
 
 
-def test_older_running_trials_are_failed_as_interrupted(tmp_path):
+def test_running_trials_without_a_file_are_failed_as_interrupted(tmp_path):
     path = str(tmp_path / "tune.journal")
     first = TuneAgent(seed=0, storage=path)
     first.propose(context(SMALL))
-    old = first.pending.number
-    first.study.ask()  # a second RUNNING trial, as two kills in a row could leave
-    latest = len(first.study.trials) - 1
+    proposed = next(iter(first.pending.values())).number
+    first.study.ask()  # a RUNNING trial with no file: asked, never proposed (a kill in between)
+    bare = len(first.study.trials) - 1
     del first
 
     second = TuneAgent(seed=0, storage=path)
-    second.observe(Result("x", "discard", 1.5))
+    second.observe(Result("x", "discard", 1.5))  # a result that names no file: the oldest awaited proposal's
     trials = stored_study(path).trials
-    assert trials[old].state == TrialState.FAIL and trials[old].user_attrs["status"] == "interrupted"
-    assert trials[latest].state == TrialState.COMPLETE and trials[latest].value == 1.5
+    assert trials[bare].state == TrialState.FAIL and trials[bare].user_attrs["status"] == "interrupted"
+    assert trials[proposed].state == TrialState.COMPLETE and trials[proposed].value == 1.5
 
 
 def test_a_stored_study_for_another_file_or_direction_is_refused(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from autoresearch import UsageError, __version__
 from autoresearch.config import AGENT_NAMES
+from autoresearch.strategies import STRATEGIES
 from autoresearch.workspace import DATASETS
 
 
@@ -40,7 +41,8 @@ def cmd_run(args) -> int:
 
     overrides = {"model": args.model, "base_url": args.base_url, "command": args.command}
     ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments,
-                                   args.max_hours, max_cost=args.max_cost, agent_overrides=overrides)
+                                   args.max_hours, max_cost=args.max_cost, agent_overrides=overrides, workers=args.workers,
+                                   gpus=args.gpus, strategy=args.strategy, executor=args.executor, address=args.address)
     render_status(ledger, maximize)
     return 0
 
@@ -124,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="AUTORESEARCH_SEED given to every run")
     p.add_argument("--max-experiments", type=int, default=None, help="stop after N experiments (the baseline not counted)")
     p.add_argument("--max-hours", type=float, default=None, help="start no experiment after H hours")
+    p.add_argument("--workers", type=int, default=1, help="trials at once, each in its own worktree and device slot "
+                   "(a GPU each on CUDA, else a share of the cores); the agent proposes while they train (default 1)")
+    p.add_argument("--gpus", default=None, help="CUDA: the GPUs the workers use, e.g. 0,1,2,3 (default: every visible one)")
+    p.add_argument("--strategy", default="greedy", choices=list(STRATEGIES),
+                   help="greedy: every idea edits the best (Karpathy's); parallel: rounds of K ideas from the best; "
+                        "tree: AIDE-style search over every measured node (default greedy)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: subprocesses here; ray: one Ray task per run (the extra `ray`)")
+    p.add_argument("--address", default=None, help="ray: the cluster's address (default: a local Ray on 127.0.0.1)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("baseline", help="re-run the best commit once per seed with fresh seeds: refreshes the best mean and σ")

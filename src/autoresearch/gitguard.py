@@ -12,6 +12,14 @@ WATCHED_FILES = ("config", "config.worktree", "HEAD", "packed-refs", "commondir"
                  "objects/info/http-alternates")
 WATCHED_DIRS = ("hooks", "info", "refs")
 TRANSIENT = (".lock",)  # git's own lock files come and go
+# What the harness itself last wrote to a loose ref (its absolute path -> the ref file's bytes): with several
+# workers, the harness moves refs while other runs are under way, and those moves are not the runs' doing.
+HARNESS_REFS: dict[str, bytes] = {}
+
+
+def note_ref(checkout: Path, ref: str, commit: str) -> None:
+    """The harness pointed `ref` at `commit` in the repository of `checkout`."""
+    HARNESS_REFS[str(common_dir(checkout) / ref)] = f"{commit}\n".encode()
 
 
 def common_dir(checkout: Path) -> Path:
@@ -92,15 +100,25 @@ class GitGuard:
             return [f"deleted the repository's git folder {self.git_dir}"]
         out = []
         for path in sorted(set(before.files) | set(after.files)):
-            old, new = before.files.get(path), after.files.get(path)
+            old, new = self._expected(path, before, after), after.files.get(path)
             if old != new:
                 out.append(f"{'added' if old is None else 'removed' if new is None else 'changed'} {path}")
         return out
 
+    def _expected(self, path: str, before: GitSnapshot, after: GitSnapshot) -> tuple | None:
+        """What a watched file should hold after a run: what the harness last wrote to it (a ref it moved while
+        the run was under way), else what it held before the run."""
+        old = before.files.get(path)
+        written = HARNESS_REFS.get(str(self.git_dir / path)) if path.startswith("refs/") else None
+        if written is not None:
+            now = after.files.get(path)
+            return now if now is not None and now[0] == written else (written, old[1] if old else 0o644)
+        return old
+
     def restore(self, before: GitSnapshot, after: GitSnapshot) -> None:
         """Put back every watched file as it was in `before`, and remove those added since."""
         for path in set(before.files) | set(after.files):
-            old, new = before.files.get(path), after.files.get(path)
+            old, new = self._expected(path, before, after), after.files.get(path)
             if old == new:
                 continue
             target = Path(path) if os.path.isabs(path) else self.git_dir / path

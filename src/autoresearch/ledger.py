@@ -76,6 +76,9 @@ ADDED_COLUMNS = (
     ("retry_of", "INTEGER"),                    # a re-measurement of a row cut off by a kill
     ("test_state", "TEXT"),                     # kept rows with a test command: pending | done | failed
     ("protection_json", "TEXT"),                # what the row's runs had: sandbox, held-out paths hidden, evaluator
+    ("parent_id", "INTEGER"),                   # its parent node in the search: the row it edits, or the crash it fixes
+    ("rebased_from", "INTEGER"),                # a re-base onto a newer best of that row's change
+    ("strategy", "TEXT"),                       # greedy | parallel | tree: how its parent was chosen
 )
 
 
@@ -124,6 +127,9 @@ class Row:
     retry_of: int | None = None
     test_state: str | None = None
     protection_json: str | None = None
+    parent_id: int | None = None
+    rebased_from: int | None = None
+    strategy: str | None = None
 
     @property
     def protection(self) -> dict | None:
@@ -230,17 +236,18 @@ class Ledger:
 
     def start(self, parent_commit: str, commit_sha: str | None, description: str, agent: str, diff: str,
               editable_hash: str | None, seed: int | None, attempt: int = 0, propose_seconds: float = 0.0,
-              started_at: float | None = None, retry_of: int | None = None, worker: int = 0) -> int:
+              started_at: float | None = None, retry_of: int | None = None, worker: int = 0, parent_id: int | None = None,
+              rebased_from: int | None = None, strategy: str | None = None) -> int:
         """Open a row (state 'running') owned by this process; started_at is when the agent was asked, so the row
         spans the whole experiment."""
         now = time.time()
         cur = self.db.execute(
             "INSERT INTO experiments (branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt,"
-            " propose_seconds, started_at, segment, owner_host, owner_pid, worker, heartbeat_at, retry_of)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " propose_seconds, started_at, segment, owner_host, owner_pid, worker, heartbeat_at, retry_of, parent_id,"
+            " rebased_from, strategy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.branch, parent_commit, commit_sha, description, agent, diff, editable_hash, seed, attempt, propose_seconds,
              started_at if started_at is not None else now, self.segment, socket.gethostname(), os.getpid(), worker, now,
-             retry_of))
+             retry_of, parent_id, rebased_from, strategy))
         return cur.lastrowid
 
     def set_commit(self, row_id: int, commit_sha: str, ref: str, diff: str) -> None:
@@ -346,10 +353,34 @@ class Ledger:
                 dof += len(values) - 1
         return math.sqrt(pooled / dof) if dof else None
 
-    def measured_hashes(self) -> set[str]:
-        return {h for (h,) in self.db.execute("SELECT editable_hash FROM experiments WHERE branch = ? AND segment = ? AND"
-                                              " state = 'done' AND status != 'invalid' AND editable_hash IS NOT NULL",
-                                              (self.branch, self.segment))}
+    def measured_hashes(self, running: bool = False) -> set[str]:
+        """The editable files' hashes measured in the segment (and, with `running`, under way on a worker)."""
+        state = "(state = 'done' AND status != 'invalid' OR state = 'running')" if running else \
+            "state = 'done' AND status != 'invalid'"
+        return {h for (h,) in self.db.execute(f"SELECT editable_hash FROM experiments WHERE branch = ? AND segment = ? AND"
+                                              f" {state} AND editable_hash IS NOT NULL", (self.branch, self.segment))}
+
+    def lineage(self, row: Row) -> list[Row]:
+        """The node's ancestors in the search, root first, ending with the node itself (by `parent_id`; rows
+        journaled before it existed follow the keep that made their parent commit)."""
+        by_id = {r.id: r for r in self.rows()}
+        kept = {r.commit_sha: r for r in by_id.values() if r.status == "keep" and r.commit_sha}
+        chain, seen, node = [], set(), by_id.get(row.id, row)
+        while node is not None and node.id not in seen:
+            chain.append(node)
+            seen.add(node.id)
+            if node.parent_id is not None:
+                node = by_id.get(node.parent_id)
+            else:
+                found = kept.get(node.parent_commit)
+                node = found if found is not None and found.id < node.id and node.parent_commit != node.commit_sha else None
+        return chain[::-1]
+
+    def reopen(self) -> "Ledger":
+        """The same journal through a connection of its own (for another thread)."""
+        other = Ledger(self.root, self.branch, self.metric_name, self.maximize)
+        other.results_path, other.segment = self.results_path, self.segment
+        return other
 
     def write_results_tsv(self) -> None:
         """results.tsv with Karpathy's header; crashes and other failures are written as 0.000000 and 0.0.

@@ -53,19 +53,22 @@ class Measurement:
     def __init__(self, runner: Runner, decider, maximize: bool):
         self.runner, self.decider, self.maximize = runner, decider, maximize
 
-    def __call__(self, trial: Trial, seeds: list[int], best: float | None, sigma: float, net_lines: int = 0,
-                 on_process=None, on_tick=None) -> Measured:
+    def __call__(self, trial: Trial, seeds: list[int], best, sigma: float, net_lines: int = 0,
+                 on_process=None, on_tick=None, env: dict[str, str] | None = None) -> Measured:
+        """`best` is the metric to beat: a number, None for a baseline, or a function read at each decision (the
+        tree's runs are judged against the best as it stands when they finish). `env` is the worker slot's."""
         runs, values = [], []
         for i, seed in enumerate(seeds):
             log = trial.run_dir / ("run.log" if i == 0 else f"run-seed{seed}.log")
-            run = self.runner.train(trial, seed, log, on_process=on_process, on_tick=on_tick)
+            run = self.runner.train(trial, seed, log, on_process=on_process, on_tick=on_tick, env=env)
             runs.append(run)
             if run.failure:
                 reason = run.reason if i == 0 else f"run with seed {seed}: {run.reason}"
                 return Measured(run.failure, reason, values, seeds[:len(values)], runs)
             values.append(run.metric)
-            if i == 0 and best is not None:
-                screen = self.decider.decide(values, best, self.maximize, sigma, net_lines)
+            target = best() if callable(best) else best
+            if i == 0 and target is not None:
+                screen = self.decider.decide(values, target, self.maximize, sigma, net_lines)
                 if not screen.keep:
                     return Measured("discard", screen.reason, values, seeds[:1], runs)
         done = seeds[:len(values)]
@@ -75,9 +78,10 @@ class Measurement:
         note = ""
         if len(values) > 1 and len(set(values)) == 1 and sigma > 0:  # converged, or the seed is ignored: no fingerprint tells
             note = f" (identical across {len(values)} seeds; no fingerprint.json to tell convergence from an ignored seed)"
-        if best is None:
+        target = best() if callable(best) else best
+        if target is None:
             return Measured("keep", "baseline" + (f" over {len(values)} seeds" if len(values) > 1 else "") + note,
                             values, done, runs)
-        decision = self.decider.decide(values, best, self.maximize, sigma, net_lines)
+        decision = self.decider.decide(values, target, self.maximize, sigma, net_lines)
         return Measured("keep" if decision.keep else "discard", f"mean of {len(values)} seeds: {decision.reason}{note}",
                         values, done, runs)

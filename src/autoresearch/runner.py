@@ -83,12 +83,13 @@ class Runner:
         return {"sandbox": "bubblewrap" if self.sandbox else "none", "hidden": len(self.protected.hidden),
                 "watched": len(self.protected.all()), "evaluator": self.spec.evaluate_command}
 
-    def _env(self, seed: int, artifacts: Path, trial: Trial) -> dict[str, str]:
-        return {"AUTORESEARCH_TIME_BUDGET": f"{self.spec.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
+    def _env(self, seed: int, artifacts: Path, trial: Trial, slot: dict[str, str] | None = None) -> dict[str, str]:
+        return {**(slot or {}), "AUTORESEARCH_TIME_BUDGET": f"{self.spec.budget_seconds:g}", "AUTORESEARCH_SEED": str(seed),
                 "AUTORESEARCH_ARTIFACTS": str(artifacts), "AUTORESEARCH_WORKSPACE": str(trial.tree.root)}
 
-    def train(self, trial: Trial, seed: int, log: Path, on_process=None, on_tick=None) -> Run:
-        """One training run of the trial with one seed, in its worktree, then the locked evaluator on what it saved."""
+    def train(self, trial: Trial, seed: int, log: Path, on_process=None, on_tick=None, env: dict[str, str] | None = None) -> Run:
+        """One training run of the trial with one seed, in its worktree, then the locked evaluator on what it saved.
+        `env` is the worker slot's (its GPU, or its share of the cores), given to both processes."""
         artifacts = log.parent / f"artifacts-seed{seed}"
         shutil.rmtree(artifacts, ignore_errors=True)
         artifacts.mkdir(parents=True)
@@ -104,7 +105,7 @@ class Runner:
             self.guard.tag = trial.tag
         git_before = self.guard.snapshot([tree.root]) if self.guard else None
         code_before = _code_files(tree.root) - committed[0]
-        out = self.executor.run(tree.root, command, self._env(seed, artifacts, trial), self.spec.limit_seconds, log,
+        out = self.executor.run(tree.root, command, self._env(seed, artifacts, trial, env), self.spec.limit_seconds, log,
                                 on_start=_tell(on_process, "train", log), on_tick=on_tick)
         shutil.rmtree(scratch, ignore_errors=True)
         if out.interrupted:
@@ -122,7 +123,7 @@ class Runner:
             started = time.monotonic()
             failure, reason, summary = self.evaluate(trial, self.spec.evaluate_command, seed, artifacts,
                                                      log.with_name(log.stem + "-evaluate.log"), _tell(on_process, "evaluate"),
-                                                     on_tick)
+                                                     on_tick, env)
             evaluation_seconds = time.monotonic() - started
             if failure:
                 return Run(failure, reason, None, out, artifacts, evaluation_seconds)
@@ -262,7 +263,7 @@ class Runner:
         return target
 
     def evaluate(self, trial: Trial, command: str, seed: int, artifacts: Path, log: Path,
-                 on_start=None, on_tick=None) -> tuple[str | None, str, dict]:
+                 on_start=None, on_tick=None, env: dict[str, str] | None = None) -> tuple[str | None, str, dict]:
         """Run a locked evaluator on a run's artifacts, retried once if it crashes: (failure, reason, summary).
         Its results are the `metrics.json` it writes in its working folder, else its printed summary block."""
         for attempt in range(1, EVALUATION_ATTEMPTS + 1):
@@ -274,7 +275,7 @@ class Runner:
             wrapped = command
             if self.sandbox:  # its own TMPDIR, inside the fresh folder: nothing a training run left there reaches it
                 wrapped = self.sandbox.wrap(command, [("rw", where), ("rw", artifacts)], tmp=where / ".tmp")
-            out = self.executor.run(where, wrapped, self._env(seed, artifacts, trial), self.spec.limit_seconds, log,
+            out = self.executor.run(where, wrapped, self._env(seed, artifacts, trial, env), self.spec.limit_seconds, log,
                                     on_start=on_start, on_tick=on_tick)
             if out.interrupted:
                 raise KeyboardInterrupt

@@ -27,6 +27,8 @@ from autoresearch.reporter import Reporter
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.sandbox import make_sandbox, resolve_protected
 from autoresearch.signals import WATCH
+from autoresearch.slots import make_slots
+from autoresearch.strategies import make_strategy
 from autoresearch.workspace import Workspace
 
 
@@ -164,13 +166,17 @@ def check_protocol(ledger: Ledger, protocol: dict, remeasure: bool, echo) -> Non
 def run_session(root: Path, tag: str | None = None, agent_name: str | None = None, budget: float | None = None,
                 seed: int = 42, max_experiments: int | None = None, max_hours: float | None = None,
                 echo=print, agent=None, max_cost: float | None = None, agent_overrides: dict | None = None,
-                remeasure: bool = False) -> tuple[Ledger, bool]:
+                remeasure: bool = False, workers: int = 1, gpus: str | None = None, strategy: str = "greedy",
+                executor: str = "local", address: str | None = None) -> tuple[Ledger, bool]:
     """Run the loop on autoresearch/<tag> under its lock; returns the ledger and whether the metric is maximized.
 
     `agent`, if given, is any object with the Agent protocol; else one is made from `agent_name` or the config,
     with `agent_overrides` (model, base_url, command, ...) laid over the config's [agent] table.
     Ctrl-C raises KeyboardInterrupt and SIGTERM `Terminated` after the loop has recorded and cleaned up.
+    `workers` trials run at once, each on a slot of its own (`gpus`, or a share of the cores); `strategy` picks
+    their parents (greedy, parallel, tree); `executor` "ray" runs them as Ray tasks (at `address`, else a local Ray).
     """
+    search = make_strategy(strategy, seed)  # a bad name is an error before anything starts
     root = Path(root).resolve()
     head_config = load_config(root)  # a readable config in the checkout, or a one-line error
     tag = tag or default_tag()
@@ -195,6 +201,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
             agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root, tag=tag)
         device = detect_device()
         cuda = device == "cuda"
+        slots = make_slots(workers, device, gpus)
         seconds = budget if budget is not None else config.budget.resolve_seconds(cuda)
         program = ws.git_bytes("cat-file", "blob", f"{parent}:{config.program}").decode("utf-8", "replace")
         settings = Settings(
@@ -211,7 +218,10 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
         if agent is not None:
             check_agent(agent)
-        loop = Loop(ws, ledger, agent, Measurement(runner, decider, settings.maximize), settings, Reporter(echo))
+        if len(slots) > 1 or search.name != "greedy":
+            echo(f"Workers: {len(slots)} ({', '.join(slot.label for slot in slots)}) | strategy {search.name}")
+        loop = Loop(ws, ledger, agent, Measurement(runner, decider, settings.maximize), settings, Reporter(echo),
+                    strategy=search, slots=slots)
         try:
             check_protocol(ledger, protocol_of(config, settings, seconds, ws, parent), remeasure, echo)
         except UsageError:

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from autoresearch import UsageError
+from autoresearch.gitguard import note_ref
 
 TEMPLATE_RENAMES = {"gitignore": ".gitignore"}  # dotfiles are shipped without the dot
 DATASETS = ("kjv", "climbmix", "tinystories")
@@ -21,9 +22,10 @@ def available_templates() -> list[str]:
 
 
 # The harness's own git commands run no code the repository supplies: no hooks, no fsmonitor, no replace objects,
-# no signing program, no attributes file of the user's; diffs use no external or textconv driver.
+# no signing program, no attributes file of the user's; diffs use no external or textconv driver; and no automatic
+# gc, which could pack the refs (git data the guard watches) while another worker's run is under way.
 SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false",
-            "-c", "core.attributesFile=/dev/null", "--no-replace-objects"]
+            "-c", "core.attributesFile=/dev/null", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "--no-replace-objects"]
 
 
 def git(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -146,7 +148,10 @@ class Workspace:
     def move_ref(self, ref: str, new: str, old: str | None) -> bool:
         """Compare-and-swap: point `ref` at `new` only if it still points at `old` (None: only if it does not exist)."""
         expected = old or "0" * 40
-        return git(self.root, "update-ref", "-m", "autoresearch", ref, new, expected, check=False).returncode == 0
+        moved = git(self.root, "update-ref", "-m", "autoresearch", ref, new, expected, check=False).returncode == 0
+        if moved:
+            note_ref(self.root, ref, new)  # the harness's own move: not a run's doing, for a run under way meanwhile
+        return moved
 
     def dirty_paths(self) -> list[str]:
         """Tracked changes and untracked files that are not ignored, in the user's checkout; the harness's own

@@ -51,7 +51,10 @@ class Context:
     noise_floor: float | None = None  # σ of the metric between seeds, when known
     editable: list[str] = field(default_factory=list)  # the editable globs
     workspace: str = ""  # the workspace's root, for agents that work in it (command)
-    parent_commit: str = ""  # the commit the files come from: the best so far
+    parent_commit: str = ""  # the commit the files come from: the best so far, or (tree search) another node
+    lineage: list[dict] = field(default_factory=list)  # the parent node's ancestors, root first, then the parent itself:
+    # {"id", "commit", "metric", "status", "description"}
+    parent_is_best: bool = True  # False when the strategy chose a node other than the best to edit
 
 
 @dataclass

@@ -93,6 +93,13 @@ def _render(context, reply_format, history, kept, show_locked, dropped) -> str:
     if context.recent_failures:
         parts.append("## Recent ideas that did not win\n" + "\n".join(
             f"- {f['description']}: {f['status']}" + (f" ({f['reason']})" if f.get("reason") else "") for f in context.recent_failures))
+    if context.lineage and (not context.parent_is_best or len(context.lineage) > 1):
+        node = context.lineage[-1]
+        which = "the best so far" if context.parent_is_best else "not the best: the search chose it to explore from"
+        parts.append(f"# The node you are editing: #{node['id']} ({which})\nIts lineage, root first "
+                     f"(id, commit, {context.metric}, status, description):\n" + "\n".join(
+                         f"#{n['id']}\t{n['commit']}\t{n['metric'] if n.get('metric') is not None else '-'}\t{n.get('status')}\t"
+                         f"{n.get('description')}" for n in context.lineage))
     if context.fix is not None:
         parts.append(f"# Your last idea crashed (fix attempt {context.fix.attempt} of 2)\nIdea: {context.fix.description}\n"
                      f"Last lines of its log:\n```\n{context.fix.log_tail.rstrip()}\n```\n"

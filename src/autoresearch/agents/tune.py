@@ -51,9 +51,10 @@ A new study stores its space in the study's user attrs (`space`: each range as O
 trial the parent's). A study that already holds trials is resumed: the space is the stored one (not rebuilt from
 the resumed parent, whose values may have moved), no second parent trial is added, the digests of all stored trials
 become the already-proposed set (so nothing measured is proposed again), and TPE sees the whole stored history.
-A trial left RUNNING by a kill becomes the pending proposal again if it is the latest: an `observe` next (the
-harness re-measured it) tells it, a `propose` next fails it as "never observed"; older RUNNING ones are failed as
-"interrupted". The seeded draws (which constants to change, and a named sampler's seed) are reseeded from the
+Several proposals may await their results at once (K workers); a result is matched to its trial by the digest
+of the file it measured. Trials left RUNNING by a kill are awaited again: the harness's re-measurement tells them
+(a RUNNING trial without a digest is failed as "interrupted"), and beyond 64 awaited the oldest is failed as
+"never observed". The seeded draws (which constants to change, and a named sampler's seed) are reseeded from the
 seed and the number of stored trials, so a resume does not replay the first run's draws only to reject them.
 """
 
@@ -263,6 +264,9 @@ def round_sig(value: float, digits: int = SIGNIFICANT) -> float:
 # The agent
 # ---------------------------------------------------------------------------
 
+MAX_PENDING = 64  # proposals awaiting a result at once: more than any number of workers
+
+
 class TuneAgent:
     """Optuna ask/tell over train.py's constants; a few constants changed per proposal (see the module docstring)."""
 
@@ -284,8 +288,9 @@ class TuneAgent:
         self.study: optuna.Study | None = None
         self.started = False  # the first proposal has set the study up (space, parent trial)
         self.space: dict[str, BaseDistribution] = {}  # name -> range, from the first file seen; file order
-        # the trial of the proposal awaiting its result; after a resume, the number of a stored RUNNING trial
-        self.pending: optuna.Trial | int | None = None
+        # the trials of proposals awaiting their results (several with --workers), by the digest of the proposed
+        # file; after a resume, the numbers of stored RUNNING trials
+        self.pending: dict[str, optuna.Trial | int] = {}
         self.seen: set[str] = set()  # digests of files proposed or seen as the parent
 
     def _make_sampler(self, sampler: str | BaseSampler, seed: int | None = None) -> BaseSampler:
@@ -355,11 +360,11 @@ class TuneAgent:
         for t in trials:
             if t.state == TrialState.WAITING:  # enqueued, never asked (a kill in between): take it out of the queue
                 self._fail(self.study.ask(), "interrupted")
-        running = [t.number for t in trials if t.state == TrialState.RUNNING]
-        for number in running[:-1]:
-            self._fail(number, "interrupted")
-        if running:
-            self.pending = running[-1]
+        for t in trials:
+            if t.state == TrialState.RUNNING and "digest" in t.user_attrs:
+                self.pending[t.user_attrs["digest"]] = t.number
+            elif t.state == TrialState.RUNNING:
+                self._fail(t.number, "interrupted")
         reseed = int(hashlib.sha256(f"{self.seed}:{len(trials)}".encode()).hexdigest()[:16], 16)
         self.rng = random.Random(reseed)
         if isinstance(self.sampler_choice, str):
@@ -377,10 +382,11 @@ class TuneAgent:
         self._set_status(trial, status)
         self.study.tell(trial, state=TrialState.FAIL)
 
-    def _abandon_pending(self, reason: str) -> None:
-        if self.pending is not None:
-            self._fail(self.pending, reason)
-            self.pending = None
+    def _abandon_oldest(self, reason: str) -> None:
+        """Fail the oldest awaited trials beyond MAX_PENDING: results that never came (proposals the loop dropped)."""
+        while len(self.pending) > MAX_PENDING:
+            digest = next(iter(self.pending))
+            self._fail(self.pending.pop(digest), reason)
 
     def _value(self, sampled, dist: BaseDistribution) -> int | float:
         if isinstance(dist, FloatDistribution):
@@ -399,7 +405,7 @@ class TuneAgent:
             return None
         if not self.started:
             self._start(context, constants, source)
-        self._abandon_pending("never observed")
+        self._abandon_oldest("never observed")
         self.seen.add(_digest(source))
         current = {c.name: c for c in constants if c.name in self.space}
         settled = [n for n in current if in_space(self.space[n], current[n].value)]
@@ -425,16 +431,20 @@ class TuneAgent:
                 self._fail(trial, "no change" if not edits else "already proposed")
                 continue
             self.seen.add(digest)
-            self.pending = trial
+            self.pending[digest] = trial
             description = ", ".join(f"{c.name} {compact(c.value)}→{compact(new)}" for c, new in edits)
             return Proposal(description, {self.target: text})
         return None
 
     def observe(self, result: Result) -> None:
         self._open(None)  # after a restart the result may come first: of the proposal a kill left RUNNING
-        if self.pending is None:
+        files = result.extra.get("files")
+        if isinstance(files, dict) and self.target in files:
+            trial = self.pending.pop(_digest(files[self.target]), None)  # None: not one of its proposals (a re-base)
+        else:  # a result that does not say what it measured: the oldest proposal awaiting one
+            trial = self.pending.pop(next(iter(self.pending))) if self.pending else None
+        if trial is None:
             return
-        trial, self.pending = self.pending, None
         if result.status in ("keep", "discard") and result.metric is not None and math.isfinite(result.metric):
             self._set_status(trial, result.status)
             self.study.tell(trial, float(result.metric))

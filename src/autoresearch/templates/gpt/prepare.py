@@ -38,6 +38,8 @@ import torch.nn.functional as F
 
 DATASET = "kjv"  # kjv (embedded, offline) | climbmix | tinystories
 CUDA = torch.cuda.is_available()
+if os.environ.get("AUTORESEARCH_THREADS", "").isdigit():  # this worker's share of the cores (run --workers K)
+    torch.set_num_threads(max(1, int(os.environ["AUTORESEARCH_THREADS"])))
 MAX_SEQ_LEN = 2048 if CUDA else 256  # context length the model is evaluated at
 VOCAB_SIZE = 8192 if CUDA else 1024  # BPE vocabulary, special tokens included
 EVAL_TOKENS = 40 * 524288 if CUDA else 2**17  # cap on validation tokens (a smaller split is used whole)
