@@ -61,7 +61,7 @@ def cmd_status(args) -> int:
     from autoresearch.status import render_disk, render_status
 
     ledger, maximize = open_ledger(Path(args.workspace), args.tag)
-    render_status(ledger, maximize)
+    render_status(ledger, maximize, tree=True if args.tree else None)
     if args.disk:
         render_disk(ledger)
     return 0
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", default=".")
     p.add_argument("--tag", default=None)
     p.add_argument("--disk", action="store_true", help="also what .autoresearch/ holds, by kind")
+    p.add_argument("--tree", action="store_true", help="also the search tree: every node under its parent, with its metric "
+                   "(shown by default for a tag run with --strategy tree)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("prune", help="free disk: remove the saved models of kept experiments that are no longer their tag's best")

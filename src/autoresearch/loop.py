@@ -108,14 +108,14 @@ class Loop:
                 self.baseline()
             self.finish_cut_off()
             self.best_metric = self.ledger.best().metric
-            while not self._stopping(started):
-                if self.pool.idle and (self.waiting or self.strategy.ready(self.pool.busy, len(self.pool.slots))):
+            while True:  # fixes and re-bases waiting still start after a limit; a halt only lets runs under way end
+                more = not self._halted() and bool(self.waiting or not self._limit_reached(self.done + self.pool.busy, started))
+                if not more and not self.pool.busy:
+                    break
+                if more and self.pool.idle and (self.waiting or self.strategy.ready(self.pool.busy, len(self.pool.slots))):
                     self.launch()
                 else:
                     self.pool.wait(1.0)
-                self.settle_finished()
-            while self.pool.busy:  # what is under way finishes and is recorded
-                self.pool.wait(1.0)
                 self.settle_finished()
         except KeyboardInterrupt:
             self.reporter.say("Interrupted: recording the experiment(s) under way and cleaning up.")
@@ -433,17 +433,16 @@ class Loop:
             self.ledger.add_propose_seconds(row, self.unbilled_seconds)
             self.unbilled_seconds = 0.0
 
-    def _stopping(self, started: float) -> bool:
-        """Whether to start nothing new: a limit (fixes and re-bases under way still run), an agent that keeps
-        failing, or data a run changed."""
+    def _halted(self) -> bool:
+        """Whether to start nothing more: data a run changed, or an agent that keeps failing."""
         if self.runner.tampered:  # every later number would be measured on altered data
-            self.reporter.say(f"Stopping: a run changed held-out or evaluation data ({', '.join(self.runner.tampered[:3])}). "
-                              "Delete it, run `autoresearch prepare`, then `autoresearch run` again.")
+            self.reporter.once("tampered", f"Stopping: a run changed held-out or evaluation data ({', '.join(self.runner.tampered[:3])}). "
+                               "Delete it, run `autoresearch prepare`, then `autoresearch run` again.")
             return True
         if self.idle >= MAX_IDLE_PROPOSALS or self.errors >= MAX_AGENT_ERRORS:
-            self.reporter.say(f"The agent made {self.idle} proposals in a row that could not run; stopping.")
+            self.reporter.once("idle", f"The agent made {self.idle} proposals in a row that could not run; stopping.")
             return True
-        return not self.waiting and self._limit_reached(self.done + self.pool.busy, started)
+        return False
 
     def _limit_reached(self, done: int, started: float) -> bool:
         if self.s.max_experiments is not None and done >= self.s.max_experiments:

@@ -42,6 +42,45 @@ def protection_lines(rows) -> list[str]:
     return lines
 
 
+def node_parents(rows) -> dict[int, int | None]:
+    """Each row's parent node in the search: its `parent_id`, or, for rows journaled before that column, the
+    latest earlier keep of its parent commit (None for a root: the first baseline)."""
+    parents, kept = {}, {}
+    for r in rows:
+        if r.parent_id is not None:
+            parents[r.id] = r.parent_id
+        else:
+            found = kept.get(r.parent_commit)
+            parents[r.id] = found if found is not None and r.parent_commit != r.commit_sha else None
+        if r.status == "keep" and r.commit_sha:
+            kept[r.commit_sha] = r.id
+    return parents
+
+
+def tree_lines(rows, best_id: int | None) -> list[str]:
+    """The search tree as text: every row a node under its parent, with its metric and status; the best marked."""
+    parents, ids = node_parents(rows), {r.id for r in rows}
+    children: dict[int | None, list] = {}
+    for r in rows:
+        parent = parents[r.id] if parents[r.id] in ids else None
+        children.setdefault(parent, []).append(r)
+    lines: list[str] = []
+
+    def label(r) -> str:
+        metric = f"{r.metric:.6f}" if r.metric is not None else "-"
+        return f"#{r.id} {metric} {r.status or r.state}  {' '.join(r.description.split())[:80]}" + ("  ★ best" if r.id == best_id else "")
+
+    def walk(node, prefix: str, last: bool, top: bool) -> None:
+        lines.append((label(node) if top else f"{prefix}{'└── ' if last else '├── '}{label(node)}"))
+        below = children.get(node.id, [])
+        for i, child in enumerate(below):
+            walk(child, "" if top else prefix + ("    " if last else "│   "), i == len(below) - 1, False)
+
+    for root in children.get(None, []):
+        walk(root, "", True, True)
+    return lines
+
+
 def running_note(r) -> str:
     """What a row still running is doing, from its owner's heartbeat."""
     import time
@@ -89,7 +128,9 @@ def flag_test_disagreements(rows, maximize: bool, sigma: float, k: float) -> dic
     return flags
 
 
-def render_status(ledger: Ledger, maximize: bool, console: Console | None = None) -> None:
+def render_status(ledger: Ledger, maximize: bool, console: Console | None = None, tree: bool | None = None) -> None:
+    """The table, the best and the totals; the search tree too with `tree`, or by default when the tag used the
+    tree strategy."""
     console = console or Console()
     rows = ledger.rows()
     if not rows:
@@ -143,6 +184,13 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
                                               else "not measured (one seed per experiment)"))
     for line in protection_lines(rows):
         console.print(escape(line))
+    workers = {r.worker for r in rows}
+    if len(workers) > 1:
+        console.print(f"Workers: {len(workers)} ran trials at once")
+    if tree or (tree is None and any(r.strategy == "tree" for r in rows)):
+        console.print("Search tree (node, metric, status, description):")
+        for line in tree_lines(rows, best.id if best else None):
+            console.print(Text(line), overflow="ignore", crop=False, soft_wrap=True)
     console.print(f"Experiments: {s['experiments']}, kept {s['kept']} ({100 * s['keep_rate']:.0f}% of candidates), "
                   f"{s['per_hour']:.1f} per hour")
     calls = sum(r.llm_calls for r in rows)
