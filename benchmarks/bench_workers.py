@@ -3,15 +3,18 @@
 Builds a throw-away workspace (a git repo with one commit) whose train.py sleeps for its budget
 (AUTORESEARCH_TIME_BUDGET seconds, no CPU) and prints a score from two constants, then runs the real loop in a
 subprocess (`autoresearch run --workers K --agent tune`, the sandbox as configured: bubblewrap where it works)
-for N experiments per K, each on a fresh copy of the workspace. Throughput is read from the journal: experiments
-(the baseline excluded) over the span from the first experiment's start to the last one's end. It also reports
+for a fixed window per K (`--max-hours`), each on a fresh copy of the workspace. Throughput is read from the
+journal: the experiments (the baseline excluded; re-based candidates included, they are real trials) that
+finished within the window, which starts when the first experiment starts, over its length. A count-limited run
+would be skewed by its tail, where fewer than K workers are busy; a window loses at most one cycle per worker at
+its end, for every K alike. It also reports
 the harness's own cost per experiment on the loop's thread (K = 1: experiment_seconds - wall_seconds, which holds
 proposing, the worktree, the commit and the record), which is what bounds how many workers one head node feeds.
 
 Targets: K = 2 at least 1.9x the throughput of K = 1, K = 4 at least 3.7x.
 
-    python benchmarks/bench_workers.py                     # 5 s budget, 12 experiments per K; JSON in benchmarks/results/
-    python benchmarks/bench_workers.py --budget 2 --experiments 8
+    python benchmarks/bench_workers.py                     # 5 s budget, a 60 s window per K; JSON in benchmarks/results/
+    python benchmarks/bench_workers.py --budget 2 --window 30
 """
 
 from __future__ import annotations
@@ -73,11 +76,11 @@ def make_workspace(root: Path, budget: float) -> None:
         subprocess.run(["git", *args], cwd=root, check=True)
 
 
-def run_once(workers: int, budget: float, experiments: int, scratch: Path) -> dict:
+def run_once(workers: int, budget: float, window: float, scratch: Path) -> dict:
     root = scratch / f"k{workers}"
     make_workspace(root, budget)
     command = [sys.executable, "-m", "autoresearch", "run", "--tag", "bench", "--agent", "tune", "--workers", str(workers),
-               "--max-experiments", str(experiments), "--budget", f"{budget:g}"]
+               "--max-hours", f"{window / 3600:.8f}", "--budget", f"{budget:g}"]
     started = time.monotonic()
     done = subprocess.run(command, cwd=root, capture_output=True, text=True)
     total = time.monotonic() - started
@@ -87,9 +90,11 @@ def run_once(workers: int, budget: float, experiments: int, scratch: Path) -> di
     rows = db.execute("SELECT started_at, ended_at, wall_seconds, experiment_seconds, status, worker FROM experiments"
                       " WHERE agent != 'baseline' ORDER BY id").fetchall()
     db.close()
-    span = max(r[1] for r in rows) - min(r[0] for r in rows)
+    start = min(r[0] for r in rows)
+    finished = [r for r in rows if r[1] <= start + window]
     overhead = [r[3] - r[2] for r in rows if r[2] is not None]
-    return {"workers": workers, "experiments": len(rows), "span_seconds": span, "per_hour": len(rows) / span * 3600,
+    return {"workers": workers, "experiments": len(rows), "finished_in_window": len(finished), "window_seconds": window,
+            "per_hour": len(finished) / window * 3600,
             "process_seconds": total, "workers_used": len({r[5] for r in rows}),
             "statuses": {s: sum(r[4] == s for r in rows) for s in {r[4] for r in rows}},
             "median_run_wall_seconds": statistics.median(r[2] for r in rows if r[2] is not None),
@@ -99,17 +104,17 @@ def run_once(workers: int, budget: float, experiments: int, scratch: Path) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=5.0, help="seconds each run sleeps (default 5)")
-    parser.add_argument("--experiments", type=int, default=12, help="experiments per K (default 12)")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds of experiments per K (default 60)")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--out", default=str(HERE / "results" / "workers.json"))
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as scratch:
         for k in (int(k) for k in args.workers.split(",")):
-            print(f"K = {k}: {args.experiments} experiments of {args.budget:g} s ...", flush=True)
-            result = run_once(k, args.budget, args.experiments, Path(scratch))
+            print(f"K = {k}: experiments of {args.budget:g} s for {args.window:g} s ...", flush=True)
+            result = run_once(k, args.budget, args.window, Path(scratch))
             results.append(result)
-            print(f"  {result['per_hour']:.0f} experiments/hour over {result['span_seconds']:.1f} s "
+            print(f"  {result['per_hour']:.0f} experiments/hour ({result['finished_in_window']} finished in {args.window:g} s) "
                   f"(median run {result['median_run_wall_seconds']:.2f} s, {result['workers_used']} worker(s) used)", flush=True)
     base = results[0]["per_hour"]
     for r in results:
