@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -295,3 +296,35 @@ def test_resume_after_sigkill_with_two_workers_loses_and_duplicates_nothing(tmp_
     assert git(root, "rev-parse", "autoresearch/t") == best["commit_sha"]
     assert not list((root / ".autoresearch" / "trials" / "t").iterdir())  # no worktree left behind
     assert "git worktree" not in resumed.stderr
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_with_two_trials_under_way_records_both_and_leaves_nothing_running(tmp_path, sig, code):
+    import psutil
+    from test_loop import cli, wait_for
+
+    slow = SCORE_TASK.replace("time.sleep(DELAY)", "time.sleep(DELAY if W == 0.0 else 60)")  # the candidates hang
+    root = make_task(tmp_path / "ws", train=slow, extra_config=ONE_SEED, factor=100.0)
+    harness = cli("run", "--tag", "t", "--agent", "tune", "--workers", "2", "--max-experiments", "4", "--budget", "1",
+                  cwd=root)
+    def both_running():
+        try:
+            return sum(r["state"] == "running" and r["pid"] is not None for r in rows(root)) >= 2
+        except sqlite3.OperationalError:  # the journal is not made yet
+            return False
+
+    try:
+        wait_for(both_running, timeout=150)  # both candidates under way at once (the tune agent changes W)
+    except AssertionError:
+        harness.kill()
+        raise
+    pids = [r["pid"] for r in rows(root) if r["state"] == "running"]
+    harness.send_signal(sig)
+    out, _ = harness.communicate(timeout=120)
+    assert harness.returncode == code, out
+    records = rows(root)
+    assert all(r["state"] == "done" for r in records)
+    assert sum(r["reason"].startswith("interrupted:") for r in records) == len(pids)
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "Traceback" not in out
