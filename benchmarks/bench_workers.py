@@ -101,6 +101,46 @@ def run_once(workers: int, budget: float, window: float, scratch: Path) -> dict:
             "median_harness_seconds_per_experiment": statistics.median(overhead) if overhead else None}
 
 
+def loop_thread_cost(budget: float, window: float, scratch: Path, workers: int = 4) -> dict:
+    """The loop thread's own seconds per experiment (proposing, the checks, the worktree and commit, recording,
+    moving the branch), timed around Loop.launch and Loop.settle in an in-process run with `workers` workers:
+    what one head node spends per experiment, whatever the number of workers."""
+    from autoresearch.loop import Loop
+    from autoresearch.session import run_session
+
+    root = scratch / "cost"
+    make_workspace(root, budget)
+    spent = {"launch": 0.0, "settle": 0.0, "launches": 0, "settles": 0}
+    launch, settle = Loop.launch, Loop.settle
+
+    def timed_launch(self):
+        t = time.perf_counter()
+        try:
+            return launch(self)
+        finally:
+            spent["launch"] += time.perf_counter() - t
+            spent["launches"] += 1
+
+    def timed_settle(self, job, m):
+        t = time.perf_counter()
+        try:
+            return settle(self, job, m)
+        finally:
+            spent["settle"] += time.perf_counter() - t
+            spent["settles"] += 1
+
+    Loop.launch, Loop.settle = timed_launch, timed_settle
+    try:
+        run_session(root, tag="cost", agent_name="tune", budget=budget, max_hours=window / 3600, workers=workers,
+                    echo=lambda *_: None)
+    finally:
+        Loop.launch, Loop.settle = launch, settle
+    n = max(1, spent["settles"])
+    return {"workers": workers, "experiments": spent["settles"], "launch_seconds_per_experiment": spent["launch"] / n,
+            "settle_seconds_per_experiment": spent["settle"] / n,
+            "loop_thread_seconds_per_experiment": (spent["launch"] + spent["settle"]) / n}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=5.0, help="seconds each run sleeps (default 5)")
@@ -116,12 +156,15 @@ def main() -> None:
             results.append(result)
             print(f"  {result['per_hour']:.0f} experiments/hour ({result['finished_in_window']} finished in {args.window:g} s) "
                   f"(median run {result['median_run_wall_seconds']:.2f} s, {result['workers_used']} worker(s) used)", flush=True)
+        cost = loop_thread_cost(args.budget, args.window / 2, Path(scratch))
+    print(f"The loop thread's own cost: {cost['loop_thread_seconds_per_experiment'] * 1000:.0f} ms per experiment "
+          f"(launch {cost['launch_seconds_per_experiment'] * 1000:.0f} ms, settle {cost['settle_seconds_per_experiment'] * 1000:.0f} ms)")
     base = results[0]["per_hour"]
     for r in results:
         r["speedup"] = r["per_hour"] / base
         print(f"K = {r['workers']}: {r['speedup']:.2f}x the throughput of K = {results[0]['workers']}")
     report = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "python": platform.python_version(), "budget_seconds": args.budget, "results": results,
+              "python": platform.python_version(), "budget_seconds": args.budget, "results": results, "loop_thread": cost,
               "load_average": os.getloadavg()}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
