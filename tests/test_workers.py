@@ -328,3 +328,21 @@ def test_ctrl_c_or_sigterm_with_two_trials_under_way_records_both_and_leaves_not
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert "Traceback" not in out
+
+
+def test_an_llm_agent_is_asked_for_several_proposals_at_once(tmp_path, monkeypatch):
+    """With K workers, an agent that can be asked concurrently (the LLM APIs) gets K requests at once: its latency
+    is paid once per round, not once per worker. A real OpenAI-wire server on 127.0.0.1 answers each in 2 s."""
+    from wire.openai_chat import Edit, OpenAIChatServer
+
+    root = make_task(tmp_path / "ws", train=SCORE_TASK, extra_config=ONE_SEED)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
+    edits = [Edit("train.py", "W = 0.0", "W = 1.0", "W 1"), Edit("train.py", "LR, DELAY = 0.1, 0.1", "LR, DELAY = 0.2, 0.1", "LR 0.2")]
+    with OpenAIChatServer(edits, delay=2.0) as server:
+        run_session(root, tag="t", agent_name="openai", max_experiments=2, workers=2, echo=lambda *_: None,
+                    agent_overrides={"model": "scripted-model", "base_url": server.base_url})
+        spans = sorted(server.spans)
+    assert len(spans) >= 2 and spans[1][0] < spans[0][1]  # the second request came while the first was answered
+    records = [r for r in rows(root)[1:] if r["rebased_from"] is None]  # both improve: the later one is re-based too
+    assert sorted(r["description"] for r in records) == ["LR 0.2", "W 1"] and {r["worker"] for r in records} == {0, 1}
+    assert sum(r["llm_calls"] for r in rows(root)) == len(spans)  # every call billed once, to some row

@@ -66,6 +66,22 @@ class Job:
 
 
 @dataclass
+class Asked:
+    """A proposal asked of the agent: for which parent and request, and what came back."""
+
+    parent: Row
+    request: "Request | None"
+    context: Context
+    t0: float
+    started_at: float
+    proposal: Proposal | None = None
+    error: str | None = None
+    note: str = ""
+    seconds: float = 0.0
+    failure: Exception | None = None
+
+
+@dataclass
 class Request:
     """Work for the next idle worker before any fresh idea: a crash to fix (the agent is asked) or a re-base."""
 
@@ -95,6 +111,8 @@ class Loop:
         self.best_metric: float | None = None  # what the tree's runs compare with while they run (set as rows settle)
         self.done = self.idle = self.errors = 0
         self.owner = threading.get_ident()  # the loop's thread: the journal connection is its own
+        # several proposals at once, each in a thread: only for agents that say they can be asked so (LLM APIs)
+        self.concurrent = len(self.pool.slots) > 1 and getattr(agent, "concurrent_proposals", False)
         self.local = threading.local()
 
     def run(self) -> None:
@@ -128,39 +146,63 @@ class Loop:
             self.recover()
 
     def launch(self) -> None:
-        """Start the next job on an idle worker: a re-base or a fix waiting, else a fresh proposal from the
-        strategy's parent."""
+        """Start the next job on an idle worker: a re-base waiting, else a proposal (a fix waiting, or a fresh idea
+        from the strategy's parent). An agent that can be asked concurrently is asked in a thread of its own, on a
+        reserved slot, so that K workers are fed by K proposals at once."""
         request = self.waiting.popleft() if self.waiting else None
-        job = request.job if request else None
-        if job is None:
-            parent = request.parent if request else self.strategy.parent(self.ledger)
-            context = self.context(parent, request.fix if request else None)
-            t0, started_at = time.monotonic(), time.time()
-            proposal = self._propose(context)
-            if proposal is None:
-                self.unbilled_seconds += time.monotonic() - t0
-                why = getattr(self.agent, "last_error", None)
-                self.reporter.say(f"  no proposal from {self.agent.name}" + (f": {why}" if why else ""))
-                self.idle, self.errors = self.idle + 1, self.errors + 1 if why else 0
-                return
-            job = Job(proposal, parent, request.node_parent if request else parent.id,
-                      request.fix.attempt if request and request.fix else 0, time.monotonic() - t0, started_at)
-        result = self.start(job)
+        if request is not None and request.job is not None:
+            self._begin(request.job)
+            return
+        parent = request.parent if request else self.strategy.parent(self.ledger)
+        asked = Asked(parent, request, self.context(parent, request.fix if request else None), time.monotonic(), time.time())
+        if not self.concurrent:
+            self.proposed(self._ask(asked), None)
+            return
+        slot = self.pool.reserve()
+        threading.Thread(target=self._ask, args=(asked, slot), name=f"autoresearch-propose-{slot.index}", daemon=True).start()
+
+    def _ask(self, asked: "Asked", slot: Slot | None = None) -> "Asked":
+        """Ask the agent, here or in a thread of its own; its error and note are read in the same thread."""
+        try:
+            asked.proposal = self.agent.propose(asked.context)
+        except Exception as exc:  # handed to the loop's thread, which raises it there
+            if slot is None:
+                raise
+            asked.failure = exc
+        asked.error, asked.note = getattr(self.agent, "last_error", None), getattr(self.agent, "last_note", "")
+        asked.seconds = time.monotonic() - asked.t0
+        if slot is not None:
+            self.pool.post((asked, slot))
+        return asked
+
+    def proposed(self, asked: "Asked", slot: Slot | None) -> None:
+        """A proposal came back: start it (on its reserved slot), or count one that led to nothing."""
+        if asked.note:
+            self.reporter.say(f"  note: {asked.note}")
+        if asked.failure is not None or asked.proposal is None:
+            if slot is not None:
+                self.pool.release(slot)
+            if asked.failure is not None:
+                raise asked.failure
+            self.unbilled_seconds += asked.seconds
+            self.reporter.say(f"  no proposal from {self.agent.name}" + (f": {asked.error}" if asked.error else ""))
+            self.idle, self.errors = self.idle + 1, self.errors + 1 if asked.error else 0
+            return
+        request = asked.request
+        self._begin(Job(asked.proposal, asked.parent, request.node_parent if request else asked.parent.id,
+                        request.fix.attempt if request and request.fix else 0, asked.seconds, asked.started_at), slot)
+
+    def _begin(self, job: Job, slot: Slot | None = None) -> None:
+        result = self.start(job, slot)
         if result is None:
             self.idle = self.errors = 0
             return
+        if slot is not None:
+            self.pool.release(slot)
         self.idle, self.errors = self.idle + 1, 0
         self.agent.observe(result)
 
-    def _propose(self, context: Context) -> Proposal | None:
-        """The agent's proposal; what it says it left behind (files in the checkout) is passed on."""
-        proposal = self.agent.propose(context)
-        note = getattr(self.agent, "last_note", "")
-        if note:
-            self.reporter.say(f"  note: {note}")
-        return proposal
-
-    def start(self, job: Job) -> Result | None:
+    def start(self, job: Job, slot: Slot | None = None) -> Result | None:
         """Check the proposal and make its trial (worktree, commit, ref), then hand it to a worker. A refused or
         duplicate proposal is recorded (or skipped) here and its Result returned; None once it is running."""
         parent, description = job.parent.commit_sha, job.proposal.description
@@ -169,7 +211,7 @@ class Loop:
                 raise ValueError(job.proposal.refused)
             self.ws.check_editable(job.proposal.files)
         except ValueError as exc:  # a locked or foreign file, or what the agent did to git: refused, never run
-            row = self._open_row(job, None, None)
+            row = self._open_row(job, None, None, slot)
             self.ledger.finish(row, "invalid", f"edit refused: {exc}")
             self.reporter.say(f"  invalid   {description}: {exc}")
             return Result(description, "invalid", None, str(exc), {"files": job.proposal.files})
@@ -178,13 +220,13 @@ class Loop:
             self.reporter.say(f"  skipped   {description}: already measured")
             self.unbilled_seconds += job.propose_seconds
             return Result(description, "duplicate", None, "this exact code was already measured", {"files": job.proposal.files})
-        job.row = self._open_row(job, digest, self.s.seed)
+        job.row = self._open_row(job, digest, self.s.seed, slot)
         job.trial = self.trials.open(job.row, parent, job.proposal.files, description)
         failpoint("commit")
         self.ledger.set_commit(job.row, job.trial.commit, job.trial.ref, self.ws.diff(parent, job.trial.commit))
         job.net_lines, job.sigma = self.ws.net_added_lines(parent, job.trial.commit), self.ledger.noise_sigma() or 0.0
-        self._announce(job.row, description, 1)
-        self.pool.submit(self.work, job)
+        self._announce(job.row, description, 1, slot)
+        self.pool.submit(self.work, job, slot)
         return None
 
     def work(self, job: Job, slot: Slot) -> Measured:
@@ -194,6 +236,9 @@ class Loop:
         return self.run_trial(job.trial, self.seeds(self.s.seeds), best, job.sigma, job.net_lines, slot)
 
     def settle_finished(self) -> None:
+        """Start what proposals came back, then decide what finished, one at a time."""
+        for asked, slot in self.pool.take_posted():
+            self.proposed(asked, slot)
         for done in self.pool.take():
             self.settle(done.job, done.value)
 
@@ -278,8 +323,9 @@ class Loop:
                            self.pool.slots[0])
         return self.record(trial, description, m, baseline=best is None)
 
-    def _announce(self, row: int, description: str, runs: int) -> None:
-        where = f" on worker {self.pool.free[0].index} ({self.pool.free[0].label})" if not self.pool.inline else ""
+    def _announce(self, row: int, description: str, runs: int, slot: Slot | None = None) -> None:
+        slot = slot or (self.pool.free[0] if self.pool.free else None)
+        where = f" on worker {slot.index} ({slot.label})" if slot is not None and not self.pool.inline else ""
         self.reporter.say(f"#{row} {description}: {runs}+ run(s) of {self.runner.spec.budget_seconds:g}s{where}")
 
     def baseline(self, description: str = "baseline", seed_offset: int = 0) -> None:
@@ -411,11 +457,11 @@ class Loop:
         self.billed = Usage(spent.input_tokens, spent.output_tokens, spent.cost_usd, spent.calls)
         return delta
 
-    def _open_row(self, job: Job, digest: str | None, seed: int | None) -> int:
+    def _open_row(self, job: Job, digest: str | None, seed: int | None, slot: Slot | None = None) -> int:
         agent = self.agent.name if job.rebased_from is None else f"{self.agent.name} (re-based)"
         return self._start(job.parent.commit_sha, None, job.proposal.description, agent, "", digest, seed, job.attempt,
                            job.propose_seconds, job.started_at, parent_id=job.node_parent, rebased_from=job.rebased_from,
-                           worker=self.pool.free[0].index if self.pool.free else 0)
+                           worker=slot.index if slot else self.pool.free[0].index if self.pool.free else 0)
 
     def _start(self, *args, **kwargs) -> int:
         """Open a journal row and bill it what the agent spent since the last one, time included."""

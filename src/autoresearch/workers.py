@@ -32,6 +32,7 @@ class Pool:
         self.free = list(slots)
         self.threads: dict[int, threading.Thread] = {}
         self.finished: deque[Finished] = deque()
+        self.posted: deque = deque()  # results of work done off the pool (a proposal asked in a thread of its own)
         self.changed = threading.Condition()
         self.cancelled = threading.Event()
 
@@ -47,8 +48,28 @@ class Pool:
     def idle(self) -> bool:
         return bool(self.free)
 
-    def submit(self, work: Callable[[Any, Slot], Any], job) -> Slot:
-        slot = self.free.pop(0)
+    def reserve(self) -> Slot:
+        """Take a free slot for a job that is still being proposed; `submit` it or `release` it later."""
+        return self.free.pop(0)
+
+    def release(self, slot: Slot) -> None:
+        self.free.append(slot)
+        self.free.sort(key=lambda s: s.index)
+
+    def post(self, item) -> None:
+        """Hand the harness's thread something done elsewhere (it wakes `wait`)."""
+        with self.changed:
+            self.posted.append(item)
+            self.changed.notify_all()
+
+    def take_posted(self) -> list:
+        with self.changed:
+            out = list(self.posted)
+            self.posted.clear()
+        return out
+
+    def submit(self, work: Callable[[Any, Slot], Any], job, slot: Slot | None = None) -> Slot:
+        slot = slot if slot is not None else self.free.pop(0)
         if self.inline:
             self._run(work, job, slot)
         else:
@@ -80,8 +101,7 @@ class Pool:
         with self.changed:
             while self.finished:
                 done = self.finished.popleft()
-                self.free.append(done.slot)
-                self.free.sort(key=lambda s: s.index)
+                self.release(done.slot)
                 self.threads.pop(done.slot.index, None)
                 if done.error is not None and not isinstance(done.error, KeyboardInterrupt):
                     raise done.error
@@ -90,9 +110,9 @@ class Pool:
         return out
 
     def wait(self, timeout: float) -> None:
-        """Until a job finishes, or `timeout` seconds."""
+        """Until a job finishes or something is posted, or `timeout` seconds."""
         with self.changed:
-            if not self.finished and self.busy:
+            if not self.finished and not self.posted and self.busy:
                 self.changed.wait(timeout)
 
     def tick_guard(self, tick):

@@ -44,7 +44,8 @@ class OpenAIChatServer:
 
     Each chat request gets the first unused edit whose `search` text occurs in its messages, or the
     plain `fallback` text. `status` other than 200 answers every chat request with that error;
-    `hang` never answers. Every request is recorded in `requests` as `(path, json_body_or_None)`.
+    `hang` never answers; `delay` makes every chat answer wait that long. Every request is recorded in `requests`
+    as `(path, json_body_or_None)`.
     """
 
     def __init__(
@@ -56,8 +57,11 @@ class OpenAIChatServer:
         status: int = 200,
         hang: bool = False,
         port: int = 0,
+        delay: float = 0.0,
     ):
         self.edits = list(edits)
+        self.delay = delay  # seconds each chat request waits before its answer (an LLM's latency)
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each chat request answered, by time.time()
         self.used: list[Edit] = []
         self.model = model
         self.fallback = fallback
@@ -105,7 +109,11 @@ class OpenAIChatServer:
                     return
                 if server.status != 200:
                     return self._json(server.status, _error(f"scripted HTTP {server.status}", "server_error"))
+                began = time.time()
+                time.sleep(server.delay)
                 content = server._next_reply(body.get("messages"))
+                with server._lock:
+                    server.spans.append((began, time.time()))
                 model = body.get("model") or server.model
                 prompt_tokens, completion_tokens = len(_text(body.get("messages"))) // 4, len(content) // 4
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import threading
 import time
 from pathlib import PurePosixPath
 
@@ -36,6 +37,16 @@ class LLMAgent:
 
     name = "llm"
     default_key_env = ""
+    concurrent_proposals = True  # with K workers the loop asks for several proposals at once, each in a thread
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last proposal of this thread gave up (None if it did not): per thread, as proposals may overlap."""
+        return getattr(self._local, "last_error", None)
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._local.last_error = value
 
     def __init__(self, settings: AgentSettings):
         if not settings.model:
@@ -45,6 +56,7 @@ class LLMAgent:
         if not key:
             raise UsageError(f"the {self.name} agent needs an API key in ${key_env} (a local server that wants none: "
                              "set it to any value; another variable: [agent] api_key_env)")
+        self._local, self._lock = threading.local(), threading.Lock()
         self.settings = settings
         self.model = settings.model
         self.spent = Usage()
@@ -113,7 +125,8 @@ class LLMAgent:
         except self._sdk_error() as exc:
             raise CallFailed(f"{type(exc).__name__}: {exc}") from exc
         dollars = cost(self.model, input_tokens, output_tokens, self.settings.prices)
-        self.spent = self.spent.add(Usage(input_tokens, output_tokens, dollars, 1))
+        with self._lock:  # several proposals' calls may end at once
+            self.spent = self.spent.add(Usage(input_tokens, output_tokens, dollars, 1))
         self.calls.append({"model": self.model, "input_tokens": input_tokens, "output_tokens": output_tokens,
                            "cost_usd": dollars, "seconds": time.monotonic() - started})
         return text
