@@ -75,6 +75,18 @@ def build_runner(root: Path, config: Config, seconds: float, device: str, echo=p
     return runner_class(executor or LocalExecutor(passthrough=box.env), spec, sandbox, protected, root, locked_hash)
 
 
+
+# -- the Ray executor (issue #13): `--executor ray [--address HOST:PORT]` calls this in place of build_runner ---------
+def build_ray_runner(root: Path, config: Config, seconds: float, device: str, echo=print, address: str | None = None,
+                     locked_hash: str | None = None, cpus: float = 1):
+    """A Runner whose training runs are Ray tasks on a cluster's nodes (a local one on 127.0.0.1 without `address`);
+    the head's Runner, as build_runner makes it, keeps the protocol and scores kept candidates here."""
+    from autoresearch.executors.ray_runner import make_ray_runner
+
+    local = build_runner(root, config, seconds, device, echo, locked_hash=locked_hash)
+    return make_ray_runner(local, config, device, address=address, cpus=cpus, echo=echo)
+# -- end of the Ray executor's wiring ---------------------------------------------------------------------------------
+
 def default_tag() -> str:
     return time.strftime("%b%d").lower()
 

@@ -1,0 +1,306 @@
+"""The Ray executor on a real local Ray cluster (2 CPUs, started once for the module): it listens on 127.0.0.1
+only, runs two experiments at once, retries a run whose worker was killed, records a run lost twice as a crash,
+and gives the same records, logs and models as the local Runner."""
+
+import json
+import os
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install "ray[default]"')
+psutil = pytest.importorskip("psutil")
+
+from autoresearch.config import load_config  # noqa: E402
+from autoresearch.executors.ray_runner import connect, make_ray_runner  # noqa: E402
+from autoresearch.session import build_runner, open_workspace  # noqa: E402
+from autoresearch.trial import Trials  # noqa: E402
+from tasks import git  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("ray")  # one cluster, one xdist worker
+
+PREPARE = textwrap.dedent('''\
+    """Locked: the data lives in $AUTORESEARCH_CACHE (train.txt for training, val.txt held out); --setup makes it."""
+    import os
+    import sys
+    from pathlib import Path
+
+    CACHE = Path(os.environ["AUTORESEARCH_CACHE"])
+
+
+    def read_numbers(name):
+        return [float(x) for x in (CACHE / name).read_text().split()]
+
+
+    if __name__ == "__main__" and "--setup" in sys.argv:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / "setup-runs.txt", "a") as f:
+            f.write("prepared\\n")
+        for name, text in (("train.txt", "4.90 5.10 5.00 5.00\\n"), ("val.txt", "5.20 4.80 5.00 5.10\\n")):
+            if not (CACHE / name).exists():
+                (CACHE / name).write_text(text)
+    if __name__ == "__main__" and "--paths" in sys.argv:
+        print(f"hide {CACHE / 'val.txt'}")
+        print(f"read {CACHE / 'train.txt'}")
+''')
+TRAIN = textwrap.dedent('''\
+    """Fit one number to the training data by gradient steps, and save it for the locked evaluator."""
+    import json
+    import os
+
+    import prepare
+
+    STEPS = 3
+    # (before training)
+    w = 0.0
+    data = prepare.read_numbers("train.txt")
+    for _ in range(STEPS):
+        w -= 0.3 * 2 * sum(w - x for x in data) / len(data)
+    print(f"trained {STEPS} steps: w = {w:.6f}")
+    # (after training)
+    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "model.json"), "w") as f:
+        json.dump({"w": w}, f)
+    os.makedirs(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "extra"), exist_ok=True)
+    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "extra", "steps.txt"), "w") as f:
+        f.write(str(STEPS))
+    print("---")
+    print(f"steps: {STEPS}")
+''')
+EVALUATE = textwrap.dedent('''\
+    """Locked: the score of the saved model on the held-out numbers."""
+    import json
+    import os
+
+    import prepare
+
+    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "model.json")) as f:
+        w = json.load(f)["w"]
+    val = prepare.read_numbers("val.txt")
+    print("---")
+    print(f"score: {-sum((w - v) ** 2 for v in val) / len(val):.6f}")
+''')
+CONFIG = textwrap.dedent('''\
+    program = "program.md"
+    editable = ["train.py"]
+    locked = ["prepare.py", "evaluate.py", "program.md", "autoresearch.toml"]
+
+    [commands]
+    setup = "python prepare.py --setup"
+    run = "python train.py"
+    evaluate = "python evaluate.py"
+
+    [metric]
+    name = "score"
+    direction = "maximize"
+
+    [budget]
+    seconds = 1
+    grace_seconds = 60
+    startup_allowance_seconds = 90
+
+    [sandbox]
+    mode = "{mode}"
+    paths_command = "python prepare.py --paths"
+''')
+# A run that kills the Ray worker running it (its nearest ancestor named ray::...) on its first KILLS attempts,
+# counted in a marker file, then trains as usual.
+KILLER = '''\
+import pathlib, signal
+marker = pathlib.Path(MARKER)
+attempts = marker.read_text().count("x") if marker.exists() else 0
+marker.write_text("x" * (attempts + 1))
+if attempts < KILLS:
+    pid = os.getppid()
+    while pid > 1:
+        if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+            os.kill(pid, signal.SIGKILL)
+            break
+        pid = int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    raise SystemExit("killed my Ray worker")
+'''
+# Two runs that each say they have started, wait for the other (at most 60 s), then take a second: they overlap
+# only if they run at the same time.
+MEETING = '''\
+import pathlib, time
+started_at = time.time()
+pathlib.Path(MEET, os.environ["AUTORESEARCH_SEED"]).write_text("")
+while len(list(pathlib.Path(MEET).iterdir())) < 2 and time.time() < started_at + 60:
+    time.sleep(0.05)
+time.sleep(1.0)
+'''
+TIMES = 'print(f"started_at: {started_at:.3f}")\nprint(f"ended_at: {time.time():.3f}")\n'
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs on 127.0.0.1, warmed up (its workers started), for the whole module."""
+    ray = connect(None, num_cpus=2, echo=quiet)
+
+    def pid():  # defined here, so that it goes by value: the workers cannot import this module
+        return os.getpid()
+
+    warm = ray.remote(pid)
+    ray.get([warm.remote() for _ in range(2)])
+    yield ray
+    ray.shutdown()
+
+
+def workspace(tmp_path: Path, monkeypatch, mode: str = "auto") -> Path:
+    """The toy task's workspace, its data in a cache folder the head prepared (as `autoresearch prepare` does)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for name, text in (("prepare.py", PREPARE), ("train.py", TRAIN), ("evaluate.py", EVALUATE),
+                       ("program.md", "Maximize the score.\n"), ("autoresearch.toml", CONFIG.format(mode=mode)),
+                       (".gitignore", ".autoresearch/\nresults.tsv\n")):
+        (ws / name).write_text(text)
+    git(ws, "init", "-q", "-b", "main")
+    git(ws, "add", "-A")
+    git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "task")
+    cache.mkdir()
+    for name, text in (("train.txt", "4.90 5.10 5.00 5.00\n"), ("val.txt", "5.20 4.80 5.00 5.10\n")):
+        (cache / name).write_text(text)
+    return ws
+
+
+def commit(ws: Path, message: str, before: str = "", after: str = "", steps: int = 3, end: str = "") -> str:
+    """A candidate: train.py with code inserted before or after training, or at its end, committed; its sha."""
+    text = TRAIN.replace("STEPS = 3", f"STEPS = {steps}")
+    text = text.replace("# (before training)\n", before).replace("# (after training)\n", after) + end
+    (ws / "train.py").write_text(text)
+    git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", message)
+    return git(ws, "rev-parse", "HEAD")
+
+
+def runners(ws: Path, tmp_path: Path):
+    """The local Runner the session builds, the trials of the workspace, and a RayRunner around that Runner."""
+    config = load_config(ws)
+    repo = open_workspace(ws, config)
+    local = build_runner(ws, config, 1, "cpu", echo=quiet, locked_hash=repo.locked_hash_at("HEAD"))
+    remote = make_ray_runner(local, config, "cpu", echo=quiet, node_dir=str(tmp_path / "node"))
+    return local, remote, Trials(repo, "t")
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_local_cluster_listens_on_127_0_0_1_only_and_talks_over_it(ray_cluster):
+    assert {n["NodeManagerAddress"] for n in ray_cluster.nodes()} == {"127.0.0.1"}
+    loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+    listening, talking = [], []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            name, connections = process.name(), process.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        for c in connections:
+            if c.status == psutil.CONN_LISTEN:
+                listening.append((name, c.laddr.ip, c.laddr.port))
+            elif c.raddr:
+                talking.append((name, c.laddr.ip, c.raddr.ip))
+    assert any(name.startswith("gcs_server") for name, *_ in listening) and len(listening) >= 3, listening
+    assert all(ip in loopback for _, ip, _ in listening), listening
+    assert all(local in loopback and peer in loopback for _, local, peer in talking), talking
+
+
+def test_two_experiments_run_at_once_and_the_node_prepares_its_data_once(ray_cluster, tmp_path, monkeypatch):
+    ws = workspace(tmp_path, monkeypatch, mode="none")
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    code = "import time\n" + MEETING.replace("MEET", repr(str(meet)))
+    shas = [commit(ws, f"meet {steps}", before=code, steps=steps, end=TIMES) for steps in (3, 4)]
+    _, remote, trials = runners(ws, tmp_path)
+    ticks = []
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(remote.train, trials.reopen(i + 1, sha, sha), 42 + i, trials.run_dir(i + 1) / "run.log",
+                               on_tick=ticks.append) for i, sha in enumerate(shas)]
+        runs = [f.result() for f in futures]
+    assert [r.failure for r in runs] == [None, None], [r.reason for r in runs]
+    assert all(isinstance(r.metric, float) for r in runs) and runs[0].metric != runs[1].metric
+    intervals = [(r.out.summary["started_at"], r.out.summary["ended_at"]) for r in runs]
+    assert max(start for start, _ in intervals) < min(end for _, end in intervals), intervals  # they overlapped
+    assert ticks and all(t > 0 for t in ticks)
+    setup_runs = (tmp_path / "cache" / "setup-runs.txt").read_text().splitlines()
+    assert setup_runs == ["prepared"]  # once for the node, under its lock, though both runs needed it at once
+    for i, run in enumerate(runs):  # the logs and models came back where a local run leaves them
+        assert run.out.log_path == trials.run_dir(i + 1) / "run.log" and "trained" in run.out.log_path.read_text()
+        assert json.loads((trials.run_dir(i + 1) / f"artifacts-seed{42 + i}" / "model.json").read_text())["w"]
+    assert not any((tmp_path / "node" / "work").iterdir())  # the node's copies of the trials are gone
+
+
+def test_a_run_whose_worker_is_killed_is_retried_and_one_lost_twice_is_a_crash(ray_cluster, tmp_path, monkeypatch):
+    ws = workspace(tmp_path, monkeypatch, mode="none")  # the run must see its Ray worker to kill it
+    once, always = tmp_path / "killed-once", tmp_path / "killed-always"
+    killer = lambda marker, kills: KILLER.replace("MARKER", repr(str(marker))).replace("KILLS", str(kills))
+    retried = commit(ws, "kill my worker once", before=killer(once, 1))
+    lost = commit(ws, "kill my worker every time", before=killer(always, 99))
+    honest = commit(ws, "honest")
+    local, remote, trials = runners(ws, tmp_path)
+    expected = local.train(trials.reopen(1, honest, honest), 42, trials.run_dir(1) / "run.log")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(remote.train, trials.reopen(2, retried, retried), 42, trials.run_dir(2) / "run.log")
+        second = pool.submit(remote.train, trials.reopen(3, lost, lost), 42, trials.run_dir(3) / "run.log")
+        run, gone = first.result(), second.result()
+    assert once.read_text() == "xx"  # killed on its first attempt, retried once
+    assert run.failure is None and run.metric == expected.metric, run.reason
+    assert always.read_text() == "xx"  # two attempts, both lost, and no third
+    assert gone.failure == "crash" and gone.reason.startswith("node lost"), gone.reason
+    assert gone.metric is None and gone.reason in (trials.run_dir(3) / "run.log").read_text()
+    assert (trials.run_dir(3) / "artifacts-seed42").is_dir()
+
+
+def test_the_records_logs_and_models_match_the_local_runners(ray_cluster, tmp_path, monkeypatch):
+    ws = workspace(tmp_path, monkeypatch)
+    candidates = [
+        git(ws, "rev-parse", "HEAD"),  # the baseline
+        commit(ws, "more steps", steps=30),
+        commit(ws, "crash", after='raise SystemExit("out of ideas")\n'),
+        commit(ws, "plant a module", after='open("json.py", "w").write("x = 1\\n")\n'),
+        commit(ws, "print a better score", end='print("score: 0.0")\n'),
+    ]
+    local, remote, trials = runners(ws, tmp_path)
+    assert remote.protection() == {**local.protection(), "executor": "ray"}
+    here = [local.train(trials.reopen(i + 1, sha, sha), 42, trials.run_dir(i + 1) / "run.log")
+            for i, sha in enumerate(candidates)]
+    with ThreadPoolExecutor(2) as pool:
+        there = list(pool.map(lambda i: remote.train(trials.reopen(i + 11, candidates[i], candidates[i]), 42,
+                                                     trials.run_dir(i + 11) / "run.log"), range(len(candidates))))
+    assert [r.failure for r in here] == [None, None, "crash", "invalid", "invalid"], [r.reason for r in here]
+    for i, (a, b) in enumerate(zip(here, there)):
+        assert (b.failure, b.reason, b.metric) == (a.failure, a.reason, a.metric), (i, a.reason, b.reason)
+        assert b.out.summary == a.out.summary and b.out.returncode == a.out.returncode
+        assert b.out.log_tail == a.out.log_tail and b.out.log_path == trials.run_dir(i + 11) / "run.log"
+        assert files_of(trials.run_dir(i + 11)) == files_of(trials.run_dir(i + 1))  # logs and models, byte for byte
+        assert b.artifacts == trials.run_dir(i + 11) / "artifacts-seed42"
+    assert here[1].metric > here[0].metric
+    assert "steps.txt" in str(files_of(trials.run_dir(12)).keys())
+    # a keep is scored on the hidden split here, on the models the runs brought back
+    assert remote.seed_ignored([there[0].artifacts]) == ""
+    assert remote.tampered == []
+
+
+def test_ctrl_c_cancels_the_run_on_its_node_and_ends_its_processes(ray_cluster, tmp_path, monkeypatch):
+    ws = workspace(tmp_path, monkeypatch, mode="none")
+    pid_file = tmp_path / "pid"
+    sha = commit(ws, "sleep", before=f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\nimport time\ntime.sleep(120)\n")
+    _, remote, trials = runners(ws, tmp_path)
+
+    def tick(_):
+        if pid_file.exists() and pid_file.read_text():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        remote.train(trials.reopen(1, sha, sha), 42, trials.run_dir(1) / "run.log", on_tick=tick)
+    pid, deadline = int(pid_file.read_text()), time.monotonic() + 30
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
