@@ -4,6 +4,8 @@ and gives the same records, logs and models as the local Runner."""
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +16,10 @@ import pytest
 pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install "ray[default]"')
 psutil = pytest.importorskip("psutil")
 
+from autoresearch import UsageError  # noqa: E402
 from autoresearch.config import load_config  # noqa: E402
-from autoresearch.executors.ray_runner import connect, make_ray_runner  # noqa: E402
+from autoresearch.executors.ray_runner import RayRunner, connect, make_ray_runner  # noqa: E402
+from autoresearch.sandbox import bubblewrap_works  # noqa: E402
 from autoresearch.session import build_runner, open_workspace  # noqa: E402
 from autoresearch.trial import Trials  # noqa: E402
 from tasks import git  # noqa: E402
@@ -91,6 +95,7 @@ CONFIG = textwrap.dedent('''\
     setup = "python prepare.py --setup"
     run = "python train.py"
     evaluate = "python evaluate.py"
+    test = "python evaluate.py"
 
     [metric]
     name = "score"
@@ -131,6 +136,8 @@ while len(list(pathlib.Path(MEET).iterdir())) < 2 and time.time() < started_at +
     time.sleep(0.05)
 time.sleep(1.0)
 '''
+SLOT = ('print("slot:", os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ["AUTORESEARCH_THREADS"], '
+        'os.environ["AUTORESEARCH_SLOT"])\n')
 TIMES = 'print(f"started_at: {started_at:.3f}")\nprint(f"ended_at: {time.time():.3f}")\n'
 
 
@@ -216,13 +223,13 @@ def test_two_experiments_run_at_once_and_the_node_prepares_its_data_once(ray_clu
     ws = workspace(tmp_path, monkeypatch, mode="none")
     meet = tmp_path / "meet"
     meet.mkdir()
-    code = "import time\n" + MEETING.replace("MEET", repr(str(meet)))
+    code = MEETING.replace("MEET", repr(str(meet))) + SLOT
     shas = [commit(ws, f"meet {steps}", before=code, steps=steps, end=TIMES) for steps in (3, 4)]
     _, remote, trials = runners(ws, tmp_path)
-    ticks = []
+    ticks, slot = [], {"CUDA_VISIBLE_DEVICES": "7", "AUTORESEARCH_THREADS": "8", "AUTORESEARCH_SLOT": "worker 1"}
     with ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(remote.train, trials.reopen(i + 1, sha, sha), 42 + i, trials.run_dir(i + 1) / "run.log",
-                               on_tick=ticks.append) for i, sha in enumerate(shas)]
+                               on_tick=ticks.append, env=slot) for i, sha in enumerate(shas)]
         runs = [f.result() for f in futures]
     assert [r.failure for r in runs] == [None, None], [r.reason for r in runs]
     assert all(isinstance(r.metric, float) for r in runs) and runs[0].metric != runs[1].metric
@@ -233,6 +240,8 @@ def test_two_experiments_run_at_once_and_the_node_prepares_its_data_once(ray_clu
     assert setup_runs == ["prepared"]  # once for the node, under its lock, though both runs needed it at once
     for i, run in enumerate(runs):  # the logs and models came back where a local run leaves them
         assert run.out.log_path == trials.run_dir(i + 1) / "run.log" and "trained" in run.out.log_path.read_text()
+        # the slot's own variables reach the run; its GPU and thread count give way to the Ray task's (1 CPU, no GPU)
+        assert "slot: 7 " not in run.out.log_path.read_text() and " 1 worker 1\n" in run.out.log_path.read_text()
         assert json.loads((trials.run_dir(i + 1) / f"artifacts-seed{42 + i}" / "model.json").read_text())["w"]
     assert not any((tmp_path / "node" / "work").iterdir())  # the node's copies of the trials are gone
 
@@ -262,7 +271,6 @@ def test_the_records_logs_and_models_match_the_local_runners(ray_cluster, tmp_pa
     ws = workspace(tmp_path, monkeypatch)
     candidates = [
         git(ws, "rev-parse", "HEAD"),  # the baseline
-        commit(ws, "more steps", steps=30),
         commit(ws, "crash", after='raise SystemExit("out of ideas")\n'),
         commit(ws, "plant a module", after='open("json.py", "w").write("x = 1\\n")\n'),
         commit(ws, "print a better score", end='print("score: 0.0")\n'),
@@ -274,17 +282,18 @@ def test_the_records_logs_and_models_match_the_local_runners(ray_cluster, tmp_pa
     with ThreadPoolExecutor(2) as pool:
         there = list(pool.map(lambda i: remote.train(trials.reopen(i + 11, candidates[i], candidates[i]), 42,
                                                      trials.run_dir(i + 11) / "run.log"), range(len(candidates))))
-    assert [r.failure for r in here] == [None, None, "crash", "invalid", "invalid"], [r.reason for r in here]
+    assert [r.failure for r in here] == [None, "crash", "invalid", "invalid"], [r.reason for r in here]
     for i, (a, b) in enumerate(zip(here, there)):
         assert (b.failure, b.reason, b.metric) == (a.failure, a.reason, a.metric), (i, a.reason, b.reason)
         assert b.out.summary == a.out.summary and b.out.returncode == a.out.returncode
         assert b.out.log_tail == a.out.log_tail and b.out.log_path == trials.run_dir(i + 11) / "run.log"
         assert files_of(trials.run_dir(i + 11)) == files_of(trials.run_dir(i + 1))  # logs and models, byte for byte
         assert b.artifacts == trials.run_dir(i + 11) / "artifacts-seed42"
-    assert here[1].metric > here[0].metric
-    assert "steps.txt" in str(files_of(trials.run_dir(12)).keys())
-    # a keep is scored on the hidden split here, on the models the runs brought back
-    assert remote.seed_ignored([there[0].artifacts]) == ""
+    assert "artifacts-seed42/extra/steps.txt" in files_of(trials.run_dir(11))  # folders of models too
+    # a keep is scored on the hidden split here, on the head, on the models its runs brought back
+    scored = remote.score_test(trials.reopen(11, candidates[0], candidates[0]), [42], [there[0].artifacts])
+    assert scored == local.score_test(trials.reopen(1, candidates[0], candidates[0]), [42], [here[0].artifacts])
+    assert isinstance(scored[0], float) and scored[2] == ""
     assert remote.tampered == []
 
 
@@ -304,3 +313,33 @@ def test_ctrl_c_cancels_the_run_on_its_node_and_ends_its_processes(ray_cluster, 
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_node_runs_under_the_heads_sandbox_or_not_at_all(ray_cluster, tmp_path, monkeypatch):
+    ws = workspace(tmp_path, monkeypatch, mode="none")
+    local, remote, trials = runners(ws, tmp_path)
+    held = RayRunner(local, ray_cluster, remote.resources, "bwrap", node_dir=str(tmp_path / "node"))  # as a sandboxed head
+    head = git(ws, "rev-parse", "HEAD")
+    run = held.train(trials.reopen(1, head, head), 42, trials.run_dir(1) / "run.log")
+    if bubblewrap_works():
+        assert run.failure is None, run.reason
+    else:
+        assert run.failure == "crash" and "sandboxed with bubblewrap, which cannot run on this node" in run.reason
+
+
+def test_a_cluster_that_cannot_hold_a_run_and_an_address_that_is_not_one_are_one_line_errors(ray_cluster, tmp_path,
+                                                                                             monkeypatch):
+    ws = workspace(tmp_path, monkeypatch, mode="none")
+    config = load_config(ws)
+    local = build_runner(ws, config, 1, "cpu", echo=quiet)
+    with pytest.raises(UsageError, match="no node of the Ray cluster has 1 CPU.s. and 1 GPU"):
+        make_ray_runner(local, config, "cuda", echo=quiet)
+    with pytest.raises(UsageError, match="no node of the Ray cluster has 64 CPU"):
+        make_ray_runner(local, config, "cpu", cpus=64, echo=quiet)
+    with pytest.raises(UsageError, match="is not HOST:PORT"):
+        connect("head-node", echo=quiet)
+    # a fresh process, not connected yet: nothing listens on port 1, and that is said at once, not retried for minutes
+    code = ("from autoresearch import UsageError\nfrom autoresearch.executors.ray_runner import connect\n"
+            "try:\n    connect('127.0.0.1:1')\nexcept UsageError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"), done.stdout + done.stderr

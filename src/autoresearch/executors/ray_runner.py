@@ -25,8 +25,9 @@ from autoresearch.executors.local import LocalExecutor, kill_marked
 from autoresearch.ledger import STATE_DIR
 from autoresearch.process import run_streaming
 from autoresearch.runner import Run, Runner
-from autoresearch.sandbox import make_sandbox, resolve_protected
+from autoresearch.sandbox import INSTALL_HINT, make_sandbox, resolve_protected
 from autoresearch.secrets import is_allowed
+from autoresearch.slots import THREAD_VARIABLES
 from autoresearch.trial import Trial, Trials
 from autoresearch.workspace import AUTORESEARCH_IDENTITY, Workspace, git
 
@@ -36,7 +37,7 @@ RETRIES = 1  # a run whose worker or node is lost is retried once, then recorded
 TICK = 1.0  # seconds between on_tick calls while a run is under way
 CANCEL_GRACE = 10.0  # seconds a cancelled run gets to end its processes before its worker is killed
 ARCHIVES_KEPT = 32  # commits whose files stay in the object store for the next run of the same commit
-SLOT_OWNED = ("CUDA_VISIBLE_DEVICES",)  # a device slot's variables that Ray sets on the node itself
+SLOT_OWNED = ("CUDA_VISIBLE_DEVICES", *THREAD_VARIABLES)  # a head's device slot: on a node, the task's own share
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -96,6 +97,8 @@ class RayRunner:
         self.sandbox_mode = sandbox_mode  # what every node must run training under: the head's own protection
         self.passthrough = list(passthrough)
         self.node_dir = node_dir
+        threads = str(max(1, int(self.resources.get("num_cpus", 1))))
+        self.slot_env = {name: threads for name in THREAD_VARIABLES}  # the task's CPUs; Ray gives it its GPU
         self.node_tampered: list[str] = []  # held-out data a run changed on its node
         self._task = ray.remote(_train_on_node).options(max_retries=RETRIES, retry_exceptions=False, **self.resources)
         self._archives: collections.OrderedDict = collections.OrderedDict()
@@ -120,7 +123,8 @@ class RayRunner:
               env: dict[str, str] | None = None) -> Run:
         """One run of the trial with one seed, on a node; its log and saved models land where a local run puts
         them (`log`, and artifacts-seed<seed> beside it). `on_process` is not called: the run's processes are the
-        node's, and Ray ends them with this harness."""
+        node's, and Ray ends them with this harness. Of `env` (the worker slot's), the device and thread variables
+        give way to the task's own share of its node: Ray's GPU, and its CPUs as the thread count."""
         ray = self.ray
         artifacts = log.parent / f"artifacts-seed{seed}"
         shutil.rmtree(artifacts, ignore_errors=True)
@@ -129,7 +133,7 @@ class RayRunner:
             "version": __version__, "spec": self.spec, "locked_hash": self.local.locked_hash, "tag": trial.tag,
             "trial_id": trial.id, "seed": seed, "log_name": log.name, "sandbox_mode": self.sandbox_mode,
             "node_dir": self.node_dir, "env": self._forwarded(),
-            "run_env": {k: v for k, v in (env or {}).items() if k not in SLOT_OWNED},
+            "run_env": {**{k: v for k, v in (env or {}).items() if k not in SLOT_OWNED}, **self.slot_env},
             "key": re.sub(r"[^\w.-]", "_", f"{trial.tag}-{trial.id}-seed{seed}-{os.urandom(4).hex()}"),
         }
         started = time.monotonic()
@@ -137,13 +141,14 @@ class RayRunner:
         with self._lock:
             self._under_way.add(ref)
         try:
-            while not ray.wait([ref], timeout=TICK)[0]:
-                if on_tick is not None:
-                    on_tick(time.monotonic() - started)
+            try:
+                while not ray.wait([ref], timeout=TICK)[0]:
+                    if on_tick is not None:
+                        on_tick(time.monotonic() - started)
+            except BaseException:  # Ctrl-C, or the caller's tick failed: the run ends on its node too
+                self._cancel(ref)
+                raise
             result = ray.get(ref)
-        except KeyboardInterrupt:
-            self._cancel(ref)
-            raise
         except ray.exceptions.TaskCancelledError:
             raise KeyboardInterrupt from None
         except ray.exceptions.RayError as exc:
@@ -274,14 +279,17 @@ def _train_on_node(archive: bytes, request: dict) -> dict:
             if failed:
                 return {"host": host, "error": failed}
             box = config.sandbox
-            sandbox = make_sandbox(request["sandbox_mode"], root / STATE_DIR, box.network, box.writable, echo=lambda *_: None)
+            try:
+                sandbox = make_sandbox(request["sandbox_mode"], root / STATE_DIR, box.network, box.writable, echo=lambda *_: None)
+            except UsageError:
+                return {"host": host, "error": f"the head's runs are sandboxed with bubblewrap, which cannot run on this "
+                                               f"node ({INSTALL_HINT})"}
             protected = resolve_protected(root, box.hide, box.protect, box.paths_command, box.readable)
             runner = Runner(LocalExecutor(passthrough=box.env), request["spec"], sandbox, protected, root,
                             request["locked_hash"])
             commit = ws.head()
             trial = Trials(ws, request["tag"]).reopen(request["trial_id"], commit, commit)
-            extra = {"env": request["run_env"]} if request["run_env"] else {}
-            run = runner.train(trial, request["seed"], trial.run_dir / request["log_name"], **extra)
+            run = runner.train(trial, request["seed"], trial.run_dir / request["log_name"], env=request["run_env"])
             return {"host": host, "run": run, "files": _pack(trial.run_dir, run.artifacts), "tampered": runner.tampered}
     except UsageError as exc:
         return {"host": host, "error": str(exc)}
