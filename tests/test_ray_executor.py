@@ -343,3 +343,58 @@ def test_a_cluster_that_cannot_hold_a_run_and_an_address_that_is_not_one_are_one
             "try:\n    connect('127.0.0.1:1')\nexcept UsageError as exc:\n    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"), done.stdout + done.stderr
+
+
+
+NODE_DIES = r"""
+# A cluster of a head with no CPU and one node; the node dies in the run's first attempt, and a new one joins.
+import os, sys, threading, time
+from pathlib import Path
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on 127.0.0.1
+import pytest
+from ray.cluster_utils import Cluster
+from autoresearch.executors.ray_runner import connect
+from test_ray_executor import commit, runners, workspace
+
+tmp = Path(sys.argv[1])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+try:
+    doomed = cluster.add_node(num_cpus=1)
+    connect(cluster.address, echo=lambda *_: None)
+    ws = workspace(tmp, pytest.MonkeyPatch(), mode="none")
+    marker = tmp / "attempts"
+    sha = commit(ws, "slow first attempt", before=(
+        f"import pathlib, time\nm = pathlib.Path({str(marker)!r})\nn = len(m.read_text()) if m.exists() else 0\n"
+        "m.write_text('x' * (n + 1))\nif n == 0:\n    time.sleep(120)\n"))
+    _, remote, trials = runners(ws, tmp)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(
+        run=remote.train(trials.reopen(1, sha, sha), 42, trials.run_dir(1) / "run.log")), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cluster.remove_node(doomed)
+    cluster.add_node(num_cpus=1)
+    worker.join(120)
+    run = done["run"]
+    print("RESULT", run.failure, run.metric, marker.read_text(), run.reason, flush=True)
+finally:
+    cluster.shutdown()
+"""
+
+
+def test_a_run_on_a_node_that_dies_is_retried_on_another_node(tmp_path):
+    # A cluster of its own (Ray's multi-node test cluster), in a process of its own: one Ray connection a process.
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-c", NODE_DIES, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=280)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+    result = [line for line in out.splitlines() if line.startswith("RESULT")]
+    assert result == ["RESULT None -0.1409 xx "], out[-2000:] + err[-3000:]

@@ -78,11 +78,23 @@ def connect(address: str | None = None, num_cpus: int | None = None, echo=print)
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if _refused_token(exc):
+            raise UsageError(f"the Ray cluster at {address} wants its token: export RAY_AUTH_MODE=token, with the token "
+                             "`ray get-auth-token` prints on its head in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
         raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}") from None
     resources = ray.cluster_resources()
     echo(f"Ray: cluster at {address}, {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPU(s), "
          f"{resources.get('GPU', 0):g} GPU(s)")
     return ray
+
+
+def _refused_token(exc: BaseException | None) -> bool:
+    """Whether a failure to join a cluster came from its token (Ray puts the GCS's error in a message's text)."""
+    while exc is not None:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class RayRunner:
