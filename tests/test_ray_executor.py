@@ -338,6 +338,8 @@ def test_a_cluster_that_cannot_hold_a_run_and_an_address_that_is_not_one_are_one
         make_ray_runner(local, config, "cpu", cpus=64, echo=quiet)
     with pytest.raises(UsageError, match="is not HOST:PORT"):
         connect("head-node", echo=quiet)
+    with pytest.raises(UsageError, match="Ray Client addresses are not supported"):
+        connect("ray://head-node:10001", echo=quiet)
     # a fresh process, not connected yet: nothing listens on port 1, and that is said at once, not retried for minutes
     code = ("from autoresearch import UsageError\nfrom autoresearch.executors.ray_runner import connect\n"
             "try:\n    connect('127.0.0.1:1')\nexcept UsageError as exc:\n    print(exc)\n")

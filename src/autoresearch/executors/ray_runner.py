@@ -60,6 +60,9 @@ def _ray(loopback: bool):
 def connect(address: str | None = None, num_cpus: int | None = None, echo=print):
     """Ray, connected: to the cluster at `address` (HOST:PORT of `ray start --head`), or to a new local one that
     listens on, and talks over, 127.0.0.1 only. A connection already made in this process is reused."""
+    if address is not None and "://" in address:
+        raise UsageError(f"--address {address}: give the HOST:PORT that `ray start --head` printed, and run autoresearch "
+                         "on a node of the cluster (Ray Client addresses are not supported)")
     host, _, port = (address or "").rpartition(":")
     if address is not None and (not host or not port.isdigit()):
         raise UsageError(f"--address {address!r} is not HOST:PORT (the address `ray start --head` printed)")
