@@ -111,13 +111,16 @@ CONFIG = textwrap.dedent('''\
     paths_command = "python prepare.py --paths"
 ''')
 # A run that kills the Ray worker running it (its nearest ancestor named ray::...) on its first KILLS attempts,
-# counted in a marker file, then trains as usual.
+# counted in a marker file, leaving a child behind each time (its pid beside the marker), then trains as usual.
 KILLER = '''\
 import pathlib, signal
 marker = pathlib.Path(MARKER)
 attempts = marker.read_text().count("x") if marker.exists() else 0
 marker.write_text("x" * (attempts + 1))
 if attempts < KILLS:
+    import subprocess
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)  # left behind by a run that loses its worker
+    pathlib.Path(str(marker) + f".child{attempts}").write_text(str(child.pid))
     pid = os.getppid()
     while pid > 1:
         if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
@@ -157,6 +160,13 @@ def ray_cluster():
     ray.get([warm.remote() for _ in range(2)])
     yield ray
     ray.shutdown()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def workspace(tmp_path: Path, monkeypatch, mode: str = "auto") -> Path:
@@ -265,6 +275,13 @@ def test_a_run_whose_worker_is_killed_is_retried_and_one_lost_twice_is_a_crash(r
     assert gone.failure == "crash" and gone.reason.startswith("node lost"), gone.reason
     assert gone.metric is None and gone.reason in (trials.run_dir(3) / "run.log").read_text()
     assert (trials.run_dir(3) / "artifacts-seed42").is_dir()
+    # what the runs left running ended with their workers: Ray alone would leave a dead worker's children running
+    children = [int(p.read_text()) for p in tmp_path.glob("killed-*.child*")]
+    assert len(children) == 3
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in children)
 
 
 def test_the_records_logs_and_models_match_the_local_runners(ray_cluster, tmp_path, monkeypatch):
@@ -310,9 +327,9 @@ def test_ctrl_c_cancels_the_run_on_its_node_and_ends_its_processes(ray_cluster, 
     with pytest.raises(KeyboardInterrupt):
         remote.train(trials.reopen(1, sha, sha), 42, trials.run_dir(1) / "run.log", on_tick=tick)
     pid, deadline = int(pid_file.read_text()), time.monotonic() + 30
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not alive(pid)
 
 
 def test_a_node_runs_under_the_heads_sandbox_or_not_at_all(ray_cluster, tmp_path, monkeypatch):

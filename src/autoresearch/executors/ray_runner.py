@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -39,6 +41,16 @@ CANCEL_GRACE = 10.0  # seconds a cancelled run gets to end its processes before 
 ARCHIVES_KEPT = 32  # commits whose files stay in the object store for the next run of the same commit
 SLOT_OWNED = ("CUDA_VISIBLE_DEVICES", *THREAD_VARIABLES)  # a head's device slot: on a node, the task's own share
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Beside each task on a node: once the Ray worker is gone (killed, cancelled by force, its harness gone), every
+# process of the run ends too; Ray itself leaves a dead worker's children running.
+WATCHDOG = """
+import os, sys, time
+from autoresearch.executors.local import kill_marked
+worker, marker = int(sys.argv[1]), sys.argv[2]
+while os.path.exists(f"/proc/{worker}") and open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+    time.sleep(0.5)
+kill_marked(marker)
+"""
 
 
 def _ray(loopback: bool):
@@ -220,7 +232,7 @@ class RayRunner:
         errors = self.ray.exceptions
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         if isinstance(exc, errors.OutOfMemoryError):
-            return f"out of memory on its node (Ray's memory monitor killed it, on both attempts): {detail}"
+            return f"out of memory on its node (Ray's memory monitor killed it): {detail}"
         if isinstance(exc, errors.RayTaskError):
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             return f"the node's harness failed: {type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[-1][:200]}"
@@ -241,7 +253,8 @@ class RayRunner:
         artifacts.mkdir(exist_ok=True)
         run: Run = result["run"]
         run.out.log_path, run.artifacts = log, artifacts
-        self.node_tampered += [f"{result['host']}:{path}" for path in result["tampered"]]
+        with self._lock:
+            self.node_tampered += [f"{result['host']}:{path}" for path in result["tampered"]]
         return run
 
 
@@ -283,8 +296,11 @@ def _train_on_node(archive: bytes, request: dict) -> dict:
                                        "install the same version on every node"}
     base = Path(request["node_dir"]).expanduser()
     work = base / "work" / request["key"]
-    kill_marked(f"{RUN_KEY}={request['key']}")  # what a lost earlier attempt of this run left running here
+    marker = f"{RUN_KEY}={request['key']}"
+    kill_marked(marker)  # what a lost earlier attempt of this run left running here
     shutil.rmtree(work, ignore_errors=True)
+    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), marker], start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with _environment({**request["env"], RUN_KEY: request["key"]}):
             root = _rebuild(archive, work / "checkout")
@@ -309,7 +325,9 @@ def _train_on_node(archive: bytes, request: dict) -> dict:
     except UsageError as exc:
         return {"host": host, "error": str(exc)}
     finally:
-        kill_marked(f"{RUN_KEY}={request['key']}")
+        watchdog.kill()
+        watchdog.wait()
+        kill_marked(marker)
         shutil.rmtree(work, ignore_errors=True)
 
 
