@@ -1,6 +1,7 @@
 """The Ray executor on a real local Ray cluster (2 CPUs, started once for the module): it listens on 127.0.0.1
 only, runs two experiments at once, retries a run whose worker was killed, records a run lost twice as a crash,
-and gives the same records, logs and models as the local Runner."""
+gives the same records, logs and models as the local Runner, and cancels a run on Ctrl-C; and, on a multi-node
+cluster of its own, retries a run whose node died on another node."""
 
 import json
 import os
@@ -13,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install "ray[default]"')
-psutil = pytest.importorskip("psutil")
+from autoresearch import UsageError
+from autoresearch.config import load_config
+from autoresearch.executors.ray_runner import RayRunner, cluster_device, connect, make_ray_runner
+from autoresearch.sandbox import bubblewrap_works
+from autoresearch.session import build_runner, open_workspace
+from autoresearch.trial import Trials
+from tasks import git
 
-from autoresearch import UsageError  # noqa: E402
-from autoresearch.config import load_config  # noqa: E402
-from autoresearch.executors.ray_runner import RayRunner, connect, make_ray_runner  # noqa: E402
-from autoresearch.sandbox import bubblewrap_works  # noqa: E402
-from autoresearch.session import build_runner, open_workspace  # noqa: E402
-from autoresearch.trial import Trials  # noqa: E402
-from tasks import git  # noqa: E402
+pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install "ray[default]"')  # ray_runner imports it lazily
+psutil = pytest.importorskip("psutil")
 
 pytestmark = pytest.mark.xdist_group("ray")  # one cluster, one xdist worker
 
@@ -259,7 +260,10 @@ def test_two_experiments_run_at_once_and_the_node_prepares_its_data_once(ray_clu
 def test_a_run_whose_worker_is_killed_is_retried_and_one_lost_twice_is_a_crash(ray_cluster, tmp_path, monkeypatch):
     ws = workspace(tmp_path, monkeypatch, mode="none")  # the run must see its Ray worker to kill it
     once, always = tmp_path / "killed-once", tmp_path / "killed-always"
-    killer = lambda marker, kills: KILLER.replace("MARKER", repr(str(marker))).replace("KILLS", str(kills))
+
+    def killer(marker, kills):
+        return KILLER.replace("MARKER", repr(str(marker))).replace("KILLS", str(kills))
+
     retried = commit(ws, "kill my worker once", before=killer(once, 1))
     lost = commit(ws, "kill my worker every time", before=killer(always, 99))
     honest = commit(ws, "honest")
@@ -349,6 +353,7 @@ def test_a_cluster_that_cannot_hold_a_run_and_an_address_that_is_not_one_are_one
     ws = workspace(tmp_path, monkeypatch, mode="none")
     config = load_config(ws)
     local = build_runner(ws, config, 1, "cpu", echo=quiet)
+    assert cluster_device(echo=quiet) == "cpu"  # no node has a GPU
     with pytest.raises(UsageError, match="no node of the Ray cluster has 1 CPU.s. and 1 GPU"):
         make_ray_runner(local, config, "cuda", echo=quiet)
     with pytest.raises(UsageError, match="no node of the Ray cluster has 64 CPU"):
@@ -360,7 +365,7 @@ def test_a_cluster_that_cannot_hold_a_run_and_an_address_that_is_not_one_are_one
     # a fresh process, not connected yet: nothing listens on port 1, and that is said at once, not retried for minutes
     code = ("from autoresearch import UsageError\nfrom autoresearch.executors.ray_runner import connect\n"
             "try:\n    connect('127.0.0.1:1')\nexcept UsageError as exc:\n    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.stdout.startswith("cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"), done.stdout + done.stderr
 
 

@@ -103,6 +103,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, echo=print)
     return ray
 
 
+def cluster_device(address: str | None = None, echo=print) -> str:
+    """"cuda" when a node of the cluster has a GPU, else "cpu": the device the runs get, whatever the head has
+    (for the session's budget, seeds and protocol)."""
+    ray = connect(address, echo=echo)
+    return "cuda" if any(n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1 for n in ray.nodes()) else "cpu"
+
+
 def _refused_token(exc: BaseException | None) -> bool:
     """Whether a failure to join a cluster came from its token (Ray puts the GCS's error in a message's text)."""
     while exc is not None:
