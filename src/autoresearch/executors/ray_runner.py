@@ -157,7 +157,7 @@ class RayRunner:
               env: dict[str, str] | None = None) -> Run:
         """One run of the trial with one seed, on a node; its log and saved models land where a local run puts
         them (`log`, and artifacts-seed<seed> beside it). `on_process` is not called: the run's processes are the
-        node's, and Ray ends them with this harness. Of `env` (the worker slot's), the device and thread variables
+        node's, and a watchdog there ends them with the task's Ray worker (which Ray ends with this harness). Of `env` (the worker slot's), the device and thread variables
         give way to the task's own share of its node: Ray's GPU, and its CPUs as the thread count."""
         ray = self.ray
         artifacts = log.parent / f"artifacts-seed{seed}"
