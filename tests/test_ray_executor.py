@@ -422,3 +422,37 @@ def test_a_run_on_a_node_that_dies_is_retried_on_another_node(tmp_path):
             proc.communicate()
     result = [line for line in out.splitlines() if line.startswith("RESULT")]
     assert result == ["RESULT None -0.1409 xx "], out[-2000:] + err[-3000:]
+
+
+def test_autoresearch_run_with_the_ray_executor_and_two_workers_end_to_end(ray_cluster, tmp_path, monkeypatch):
+    """The session wired to Ray: `run_session(executor="ray", workers=2)` runs the baseline and two candidates at
+    once as Ray tasks, records them in the journal like local runs, and says so in each row's protection."""
+    from autoresearch.agents.base import Proposal, Usage
+    from autoresearch.session import run_session
+    from tasks import journal_rows
+
+    class Steps:
+        name, spent = "scripted", Usage()
+
+        def __init__(self):
+            self.left = [5, 8]
+
+        def propose(self, context):
+            if not self.left:
+                return None
+            steps = self.left.pop(0)
+            return Proposal(f"STEPS {steps}", {"train.py": context.files["train.py"].replace("STEPS = 3", f"STEPS = {steps}")})
+
+        def observe(self, result):
+            pass
+
+    ws = workspace(tmp_path, monkeypatch)
+    lines = []
+    run_session(ws, tag="t", agent=Steps(), max_experiments=2, workers=2, executor="ray", echo=lines.append)
+    rows = journal_rows(ws)
+    assert [r["status"] for r in rows][0] == "keep" and len(rows) >= 3 and all(r["state"] == "done" for r in rows)
+    assert {r["description"] for r in rows[1:3]} == {"STEPS 5", "STEPS 8"} and {r["worker"] for r in rows[1:3]} == {0, 1}
+    assert all(r["metric"] is not None for r in rows if r["status"] in ("keep", "discard"))
+    assert all(json.loads(r["protection_json"])["executor"] == "ray" for r in rows)
+    assert any(line.startswith("Workers: 2 (a Ray task, a Ray task)") for line in lines)
+    assert (ws / ".autoresearch" / "runs" / str(rows[1]["id"]) / "run.log").is_file()

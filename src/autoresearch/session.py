@@ -27,7 +27,7 @@ from autoresearch.reporter import Reporter
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.sandbox import make_sandbox, resolve_protected
 from autoresearch.signals import WATCH
-from autoresearch.slots import make_slots
+from autoresearch.slots import Slot, make_slots
 from autoresearch.strategies import make_strategy
 from autoresearch.workspace import Workspace
 
@@ -211,9 +211,17 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         agent_settings = config.agent.model_copy(update={k: v for k, v in (agent_overrides or {}).items() if v is not None})
         if agent is None and not remeasure:  # re-measuring proposes nothing, so it needs no agent (nor its key)
             agent = make_agent(agent_name or config.agent.name, agent_settings, seed=seed, workspace=root, tag=tag)
-        device = detect_device()
+        if executor not in ("local", "ray"):
+            raise UsageError(f"unknown executor {executor!r} (local or ray)")
+        ray = executor == "ray"
+        if ray:
+            from autoresearch.executors.ray_runner import cluster_device
+        device = cluster_device(address, echo) if ray else detect_device()  # where the runs go decides their device
         cuda = device == "cuda"
-        slots = make_slots(workers, device, gpus)
+        # Ray places each run on a node with a free GPU (or CPU): the slots only count the runs under way
+        slots = [Slot(i, "a Ray task") for i in range(workers)] if ray else make_slots(workers, device, gpus)
+        if ray and workers < 1:
+            raise UsageError(f"--workers must be at least 1, not {workers}")
         seconds = budget if budget is not None else config.budget.resolve_seconds(cuda)
         program = ws.git_bytes("cat-file", "blob", f"{parent}:{config.program}").decode("utf-8", "replace")
         settings = Settings(
@@ -226,7 +234,10 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, "
              f"killed at {config.budget.kill_after(seconds):g}s | {settings.metric} ({config.metric.direction}) | "
              f"{settings.seeds} seed(s) per candidate, {settings.baseline_seeds} per baseline, keep beyond {config.decide.threshold_sigmas:g}σ")
-        runner = build_runner(root, config, seconds, device, echo, locked_hash=ws.locked_hash_at(parent))
+        if ray:
+            runner = build_ray_runner(root, config, seconds, device, echo, address=address, locked_hash=ws.locked_hash_at(parent))
+        else:
+            runner = build_runner(root, config, seconds, device, echo, locked_hash=ws.locked_hash_at(parent))
         decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
         if agent is not None:
             check_agent(agent)
