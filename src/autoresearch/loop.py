@@ -135,8 +135,9 @@ class Loop:
                 else:
                     self.pool.wait(1.0)
                 self.settle_finished()
-        except KeyboardInterrupt:
-            self.reporter.say("Interrupted: recording the experiment(s) under way and cleaning up.")
+        except BaseException as exc:  # an interrupt, or an error: the runs under way end before recovery closes them
+            if isinstance(exc, KeyboardInterrupt):
+                self.reporter.say("Interrupted: recording the experiment(s) under way and cleaning up.")
             self.pool.cancel()
             raise
         finally:
