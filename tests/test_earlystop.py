@@ -113,6 +113,18 @@ def test_a_watch_records_the_curve_on_the_harness_clock_whatever_the_run_claims(
     assert data["points"] == [[1.5, 1, 3.0], [4.25, 2, 2.0]] and data["wall_seconds"] == 4.25 and data["stopped"] == ""
 
 
+def test_with_early_stopping_off_every_run_is_watched_only_to_record_its_curve(tmp_path):
+    from types import SimpleNamespace
+
+    from autoresearch.config import DecideSettings
+    from autoresearch.earlystop import EarlyStop
+
+    off = EarlyStop(DecideSettings(), budget_seconds=10)
+    assert off.watch(SimpleNamespace(id=2, commit="c"), tmp_path / "run.log").rule is None
+    on = EarlyStop(DecideSettings(early_stop=True), budget_seconds=10)  # no journal: nothing to compare with
+    assert on.watch(SimpleNamespace(id=2, commit="c"), tmp_path / "run.log").rule is None
+
+
 TASK = textwrap.dedent('''\
     """Prints a training-loss curve over the budget; the score is minus its final loss."""
     import os, time

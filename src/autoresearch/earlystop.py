@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -56,10 +57,9 @@ class Curve:
         pts = self.points
         if not pts or t < pts[0][0] or t > pts[-1][0]:
             return None
-        for (t0, _, y0), (t1, _, y1) in zip(pts, pts[1:]):
-            if t0 <= t <= t1:
-                return y0 if t1 == t0 else y0 + (y1 - y0) * (t - t0) / (t1 - t0)
-        return pts[-1][2]
+        i = bisect.bisect_left(pts, t, key=lambda p: p[0])  # the first point at t or after it
+        (t0, _, y0), (t1, _, y1) = pts[max(i - 1, 0)], pts[i]
+        return y1 if t1 == t or t1 == t0 else y0 + (y1 - y0) * (t - t0) / (t1 - t0)
 
     def to_json(self, budget_seconds: float) -> str:
         return json.dumps({"version": CURVE_VERSION, "clock": "harness: seconds since the run started",
@@ -202,10 +202,24 @@ class Watch:
             scratch.unlink(missing_ok=True)
 
 
-def row_curves(run_dir: Path) -> list[Curve]:
-    """Every seed's curve of one row's run folder (curve.json first), stopped ones left out."""
-    paths = sorted(Path(run_dir).glob("curve*.json"), key=lambda p: (p.name != "curve.json", p.name))
-    return [c for c in (Curve.load(p) for p in paths) if c is not None and not c.stopped and c.points]
+def row_curves(run_dir: Path, cache: dict | None = None) -> list[Curve]:
+    """Every seed's curve of one row's run folder (curve.json first), stopped ones left out. `cache` keeps curves
+    already read, by path, size and time of change, so a long session does not parse every file for every run."""
+    curves = []
+    for path in sorted(Path(run_dir).glob("curve*.json"), key=lambda p: (p.name != "curve.json", p.name)):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        key = (stat.st_size, stat.st_mtime_ns)
+        if cache is None or cache.get(path, (None,))[0] != key:
+            loaded = Curve.load(path)
+            if cache is None:
+                curves.append(loaded)
+                continue
+            cache[path] = (key, loaded)
+        curves.append(cache[path][1])
+    return [c for c in curves if c is not None and not c.stopped and c.points]
 
 
 class EarlyStop:
@@ -220,6 +234,7 @@ class EarlyStop:
         self.rule = Rule(budget_seconds, settings.early_stop_warmup, settings.early_stop_margin,
                          settings.early_stop_patience, settings.early_stop_min_trials) if self.enabled else None
         self.seen: set[int] = set()
+        self.cache: dict = {}
         self.lock = threading.Lock()
 
     def watch(self, trial, log: Path) -> Watch:
@@ -246,5 +261,6 @@ class EarlyStop:
         finally:
             ledger.close()
         runs = Path(own.root) / STATE_DIR / "runs"
-        curves = {r.id: row_curves(runs / str(r.id)) for r in rows}
+        with self.lock:
+            curves = {r.id: row_curves(runs / str(r.id), self.cache) for r in rows}
         return curves.get(best.id, []), [c for c in curves.values() if c]

@@ -1,0 +1,120 @@
+"""What early stopping would have saved and cost on a recorded session: its runs' curves replayed through the rule.
+
+A session records every training run's loss curve as the harness read it (`.autoresearch/runs/<id>/curve.json`,
+points of (seconds since the run started, step, loss)), early stopping on or off. This script reads a workspace's
+journal and those curves and replays the candidates in order, as the harness would have judged them with
+`[decide] early_stop = true`: for each candidate's first run (its screen), at each moment the harness read new
+progress lines (the curve's distinct timestamps), `earlystop.Rule.check` on the lines so far, against the best
+row's curves and the finished rows' curves of the segment as the session had them at that row's start. Rows the
+replay stops leave the references of later rows (their curves would have been marked stopped); the best follows
+the recorded history, since later candidates were built on it.
+
+For each rule setting it reports: the candidates it would have stopped, the seconds saved (the row's training and
+evaluation seconds, every seed, minus the time of the stop), that as a share of the candidates' experiment time,
+and the cost: kept rows it would have stopped (improvements lost).
+
+    python benchmarks/bench_early_stop.py WORKSPACE [--tag demo] [--out benchmarks/results/early_stop.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from autoresearch.earlystop import Curve, Rule  # noqa: E402
+from autoresearch.ledger import STATE_DIR, Ledger  # noqa: E402
+
+SETTINGS = [  # (warmup, margin, patience, min_trials): the defaults first, then looser and stricter ones
+    (0.3, 0.05, 3, 3), (0.3, 0.05, 3, 1), (0.3, 0.02, 2, 1), (0.2, 0.0, 1, 1), (0.5, 0.05, 3, 3), (0.3, 0.10, 3, 3),
+]
+
+
+def seed_curves(run_dir: Path) -> list[Curve]:
+    """The row's curves, its screen (curve.json) first."""
+    paths = sorted(run_dir.glob("curve*.json"), key=lambda p: (p.name != "curve.json", p.name))
+    return [c for c in (Curve.load(p) for p in paths) if c is not None and c.points]
+
+
+def first_stop(rule: Rule, screen: Curve, best: list[Curve], finished: list[list[Curve]]) -> tuple[float, str] | None:
+    """When the harness would have stopped this run (the first tick whose lines so far fail the rule), or None."""
+    for t in sorted({p[0] for p in screen.points}):
+        reason = rule.check([p for p in screen.points if p[0] <= t], best, finished)
+        if reason:
+            return t, reason
+    return None
+
+
+def replay(rows, curves: dict[int, list[Curve]], rule: Rule) -> dict:
+    """The rule on every candidate of a recorded segment, in order; see the module docstring."""
+    best_id, finished, stopped, per_row = None, [], [], []
+    for r in rows:
+        summary = r.summary
+        spent = (r.wall_seconds or 0.0) + float(summary.get("all_runs_evaluation_seconds", 0) or 0)
+        own = curves.get(r.id, [])
+        hit = None
+        if r.agent != "baseline" and best_id is not None and own and r.status in ("keep", "discard"):
+            hit = first_stop(rule, own[0], curves.get(best_id, []), [curves[i] for i in finished if curves.get(i)])
+        if hit:
+            stopped.append(r.id)
+        elif r.status in ("keep", "discard") and own:
+            finished.append(r.id)
+        if r.status == "keep":
+            best_id = r.id
+        if r.agent != "baseline":
+            per_row.append({"id": r.id, "status": r.status, "metric": r.metric, "description": r.description,
+                            "experiment_seconds": round(r.experiment_seconds or 0.0, 1), "train_and_eval_seconds": round(spent, 1),
+                            "stopped_at": round(hit[0], 1) if hit else None,
+                            "saved_seconds": round(max(0.0, spent - hit[0]), 1) if hit else 0.0,
+                            "reason": hit[1] if hit else ""})
+    candidates = [p for p in per_row if p["status"] in ("keep", "discard")]
+    saved = sum(p["saved_seconds"] for p in per_row)
+    total = sum(p["experiment_seconds"] for p in per_row)
+    return {"rule": {k: v for k, v in asdict(rule).items() if k != "budget_seconds"},
+            "candidates": len(candidates), "stopped": len(stopped),
+            "stopped_discards": sum(p["stopped_at"] is not None and p["status"] == "discard" for p in per_row),
+            "stopped_keeps": sum(p["stopped_at"] is not None and p["status"] == "keep" for p in per_row),
+            "kept": sum(p["status"] == "keep" for p in per_row),
+            "saved_seconds": round(saved, 1), "candidates_experiment_seconds": round(total, 1),
+            "saved_share": round(saved / total, 3) if total else 0.0, "rows": per_row}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspace", type=Path)
+    parser.add_argument("--tag", default="demo")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "early_stop.json")
+    args = parser.parse_args(argv)
+    root = args.workspace.resolve()
+    ledger = Ledger(root, f"autoresearch/{args.tag}", "metric")
+    rows = [r for r in ledger.where("segment = ? AND state = 'done'", (ledger.segment,))]
+    protocol = ledger.protocol() or {}
+    ledger.close()
+    budget = float(protocol.get("budget_seconds") or 0) or max(r.wall_seconds or 0 for r in rows)
+    curves = {r.id: seed_curves(root / STATE_DIR / "runs" / str(r.id)) for r in rows}
+    points = [len(c.points) for cs in curves.values() for c in cs]
+    results = [replay(rows, curves, Rule(budget, *s)) for s in SETTINGS]
+    report = {"workspace": str(root), "tag": args.tag, "budget_seconds": budget, "device": protocol.get("device"),
+              "rows": len(rows), "curves": len(points), "points_per_curve": sorted(points),
+              "default": results[0], "variants": [{k: v for k, v in r.items() if k != "rows"} for r in results[1:]]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{len(rows)} rows, {len(points)} curves ({min(points, default=0)}-{max(points, default=0)} points each), "
+          f"budget {budget:g}s")
+    print(f"{'warmup':>6} {'margin':>6} {'patience':>8} {'min_trials':>10} | {'stopped':>7} {'of':>3} | {'saved s':>8} "
+          f"{'share':>6} | keeps stopped")
+    for r in results:
+        k = r["rule"]
+        print(f"{k['warmup']:>6g} {k['margin']:>6g} {k['patience']:>8d} {k['min_trials']:>10d} | {r['stopped']:>7d} "
+              f"{r['candidates']:>3d} | {r['saved_seconds']:>8.0f} {100 * r['saved_share']:>5.1f}% | "
+              f"{r['stopped_keeps']} of {r['kept']}")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
