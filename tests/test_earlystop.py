@@ -135,7 +135,7 @@ TASK = textwrap.dedent('''\
     start, step, loss = time.monotonic(), 0, 0.0
     while time.monotonic() - start < budget:
         t = time.monotonic() - start
-        loss = 1.0 / (1.0 + t) + OFFSET
+        loss = 1.0 + 0.1 / (1.0 + t) + OFFSET  # nearly flat: a slow start on a busy machine shifts it little
         step += 1
         print(f"step {step:5d} | loss {loss:.4f} | elapsed {t:.1f}s")
         time.sleep(0.2)
@@ -163,7 +163,7 @@ class Scripted:
 def test_a_run_far_behind_the_best_is_stopped_early_and_a_close_one_runs_to_its_end(tmp_path):
     budget = 6
     config = ("\n[decide]\nseeds = 1\nbaseline_seeds = 1\nearly_stop = true\nearly_stop_min_trials = 1\n"
-              "early_stop_warmup = 0.3\nearly_stop_margin = 0.05\n")
+              "early_stop_warmup = 0.3\nearly_stop_margin = 0.2\n")
     root = make_task(tmp_path / "ws", train=TASK, extra_config=config)
     started = time.monotonic()
     ledger, _ = run_session(root, tag="t", agent=Scripted(2.0, 0.002), budget=budget, max_experiments=2, echo=lambda *_: None)

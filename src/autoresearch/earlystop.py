@@ -192,7 +192,8 @@ class Watch:
         if getattr(out, "stopped", ""):
             self.curve.stopped = out.stopped
             self.curve.saved_seconds = max(0.0, self.expected_seconds() - out.wall_seconds)
-            out.summary = {"early_stop_saved_seconds": round(self.curve.saved_seconds, 3)}
+            out.summary = {"early_stop_saved_seconds": round(self.curve.saved_seconds, 3),
+                           "training_seconds": round(out.wall_seconds, 3)}  # it trained until it was stopped
         path = curve_path(self.log)
         scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
