@@ -13,7 +13,8 @@ For each rule setting it reports: the candidates it would have stopped, the seco
 evaluation seconds, every seed, minus the time of the stop), that as a share of the candidates' experiment time,
 and the cost: kept rows it would have stopped (improvements lost).
 
-    python benchmarks/bench_early_stop.py WORKSPACE [--tag demo] [--out benchmarks/results/early_stop.json]
+    python benchmarks/bench_early_stop.py WORKSPACE --tag es --save-session benchmarks/results/early_stop_session.json
+    python benchmarks/bench_early_stop.py benchmarks/results/early_stop_session.json   # the recorded session again
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -83,22 +84,60 @@ def replay(rows, curves: dict[int, list[Curve]], rule: Rule) -> dict:
             "saved_share": round(saved / total, 3) if total else 0.0, "rows": per_row}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workspace", type=Path)
-    parser.add_argument("--tag", default="demo")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "early_stop.json")
-    args = parser.parse_args(argv)
-    root = args.workspace.resolve()
-    ledger = Ledger(root, f"autoresearch/{args.tag}", "metric")
-    rows = [r for r in ledger.where("segment = ? AND state = 'done'", (ledger.segment,))]
+@dataclass
+class Recorded:
+    """What the replay needs of a journal row."""
+
+    id: int
+    agent: str
+    status: str
+    metric: float | None
+    description: str
+    wall_seconds: float | None
+    experiment_seconds: float | None
+    summary: dict
+
+
+def read_workspace(root: Path, tag: str) -> tuple[list[Recorded], dict[int, list[Curve]], dict]:
+    """The done rows of the tag's current segment, their curves, and the segment's protocol."""
+    ledger = Ledger(root, f"autoresearch/{tag}", "metric")
+    rows = [Recorded(r.id, r.agent, r.status, r.metric, r.description, r.wall_seconds, r.experiment_seconds,
+                     {"all_runs_evaluation_seconds": r.summary.get("all_runs_evaluation_seconds", 0)})
+            for r in ledger.where("segment = ? AND state = 'done'", (ledger.segment,))]
     protocol = ledger.protocol() or {}
     ledger.close()
+    return rows, {r.id: seed_curves(root / STATE_DIR / "runs" / str(r.id)) for r in rows}, protocol
+
+
+def save_session(path: Path, rows, curves, protocol, tag: str) -> None:
+    """The rows and curves in one file, so that the replay can be run again without the workspace."""
+    path.write_text(json.dumps({"protocol": {**{k: protocol.get(k) for k in ("budget_seconds", "device", "seeds")}, "tag": tag},
+                                "rows": [asdict(r) for r in rows],
+                                "curves": {str(i): [json.loads(c.to_json(protocol.get("budget_seconds") or 0)) for c in cs]
+                                           for i, cs in curves.items()}}) + "\n")
+
+
+def read_session(path: Path) -> tuple[list[Recorded], dict[int, list[Curve]], dict]:
+    data = json.loads(path.read_text())
+    curves = {int(i): [Curve([tuple(p) for p in c["points"]], c["wall_seconds"]) for c in cs] for i, cs in data["curves"].items()}
+    return [Recorded(**r) for r in data["rows"]], curves, data["protocol"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a workspace, or a session file written by --save-session")
+    parser.add_argument("--tag", default="demo")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "early_stop.json")
+    parser.add_argument("--save-session", type=Path, help="also write the rows and curves replayed to this file")
+    args = parser.parse_args(argv)
+    root = args.source.resolve()
+    rows, curves, protocol = read_session(root) if root.is_file() else read_workspace(root, args.tag)
+    if args.save_session:
+        save_session(args.save_session, rows, curves, protocol, args.tag)
     budget = float(protocol.get("budget_seconds") or 0) or max(r.wall_seconds or 0 for r in rows)
-    curves = {r.id: seed_curves(root / STATE_DIR / "runs" / str(r.id)) for r in rows}
     points = [len(c.points) for cs in curves.values() for c in cs]
     results = [replay(rows, curves, Rule(budget, *s)) for s in SETTINGS]
-    report = {"workspace": str(root), "tag": args.tag, "budget_seconds": budget, "device": protocol.get("device"),
+    report = {"source": str(root), "tag": protocol.get("tag", args.tag), "budget_seconds": budget, "device": protocol.get("device"),
               "rows": len(rows), "curves": len(points), "points_per_curve": sorted(points),
               "default": results[0], "variants": [{k: v for k, v in r.items() if k != "rows"} for r in results[1:]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
