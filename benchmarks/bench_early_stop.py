@@ -11,7 +11,8 @@ the recorded history, since later candidates were built on it.
 
 For each rule setting it reports: the candidates it would have stopped, the seconds saved (the row's training and
 evaluation seconds, every seed, minus the time of the stop), that as a share of the candidates' experiment time,
-and the cost: kept rows it would have stopped (improvements lost).
+and the cost: kept rows it would have stopped (improvements lost), and stopped rows whose final metric was better
+than the best's at the time (candidates a luckier measurement could have kept).
 
     python benchmarks/bench_early_stop.py WORKSPACE --tag es --save-session benchmarks/results/early_stop_session.json
     python benchmarks/bench_early_stop.py benchmarks/results/early_stop_session.json   # the recorded session again
@@ -27,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from autoresearch.config import load_config  # noqa: E402
 from autoresearch.earlystop import Curve, Rule  # noqa: E402
 from autoresearch.ledger import STATE_DIR, Ledger  # noqa: E402
 
@@ -50,9 +52,10 @@ def first_stop(rule: Rule, screen: Curve, best: list[Curve], finished: list[list
     return None
 
 
-def replay(rows, curves: dict[int, list[Curve]], rule: Rule) -> dict:
+def replay(rows, curves: dict[int, list[Curve]], rule: Rule, maximize: bool = False) -> dict:
     """The rule on every candidate of a recorded segment, in order; see the module docstring."""
-    best_id, finished, stopped, per_row = None, [], [], []
+    best_id, best_metric, finished, stopped, per_row = None, None, [], [], []
+    sign = 1.0 if maximize else -1.0
     for r in rows:
         summary = r.summary
         spent = (r.wall_seconds or 0.0) + float(summary.get("all_runs_evaluation_seconds", 0) or 0)
@@ -64,14 +67,16 @@ def replay(rows, curves: dict[int, list[Curve]], rule: Rule) -> dict:
             stopped.append(r.id)
         elif r.status in ("keep", "discard") and own:
             finished.append(r.id)
-        if r.status == "keep":
-            best_id = r.id
+        gain = sign * (r.metric - best_metric) if r.metric is not None and best_metric is not None else None
         if r.agent != "baseline":
-            per_row.append({"id": r.id, "status": r.status, "metric": r.metric, "description": r.description,
+            per_row.append({"id": r.id, "status": r.status, "metric": r.metric, "best_metric": best_metric,
+                            "gain_over_best": gain, "description": r.description,
                             "experiment_seconds": round(r.experiment_seconds or 0.0, 1), "train_and_eval_seconds": round(spent, 1),
                             "stopped_at": round(hit[0], 1) if hit else None,
                             "saved_seconds": round(max(0.0, spent - hit[0]), 1) if hit else 0.0,
                             "reason": hit[1] if hit else ""})
+        if r.status == "keep":
+            best_id, best_metric = r.id, r.metric
     candidates = [p for p in per_row if p["status"] in ("keep", "discard")]
     saved = sum(p["saved_seconds"] for p in per_row)
     total = sum(p["experiment_seconds"] for p in per_row)
@@ -80,6 +85,9 @@ def replay(rows, curves: dict[int, list[Curve]], rule: Rule) -> dict:
             "stopped_discards": sum(p["stopped_at"] is not None and p["status"] == "discard" for p in per_row),
             "stopped_keeps": sum(p["stopped_at"] is not None and p["status"] == "keep" for p in per_row),
             "kept": sum(p["status"] == "keep" for p in per_row),
+            "stopped_better_than_best": sum(p["stopped_at"] is not None and (p["gain_over_best"] or 0) > 0 for p in per_row),
+            "closest_stopped_gain": max((p["gain_over_best"] for p in per_row if p["stopped_at"] is not None
+                                         and p["gain_over_best"] is not None), default=None),
             "saved_seconds": round(saved, 1), "candidates_experiment_seconds": round(total, 1),
             "saved_share": round(saved / total, 3) if total else 0.0, "rows": per_row}
 
@@ -104,14 +112,14 @@ def read_workspace(root: Path, tag: str) -> tuple[list[Recorded], dict[int, list
     rows = [Recorded(r.id, r.agent, r.status, r.metric, r.description, r.wall_seconds, r.experiment_seconds,
                      {"all_runs_evaluation_seconds": r.summary.get("all_runs_evaluation_seconds", 0)})
             for r in ledger.where("segment = ? AND state = 'done'", (ledger.segment,))]
-    protocol = ledger.protocol() or {}
+    protocol = {**(ledger.protocol() or {}), "maximize": load_config(root).metric.direction == "maximize"}
     ledger.close()
     return rows, {r.id: seed_curves(root / STATE_DIR / "runs" / str(r.id)) for r in rows}, protocol
 
 
 def save_session(path: Path, rows, curves, protocol, tag: str) -> None:
     """The rows and curves in one file, so that the replay can be run again without the workspace."""
-    path.write_text(json.dumps({"protocol": {**{k: protocol.get(k) for k in ("budget_seconds", "device", "seeds")}, "tag": tag},
+    path.write_text(json.dumps({"protocol": {**{k: protocol.get(k) for k in ("budget_seconds", "device", "seeds", "maximize")}, "tag": tag},
                                 "rows": [asdict(r) for r in rows],
                                 "curves": {str(i): [json.loads(c.to_json(protocol.get("budget_seconds") or 0)) for c in cs]
                                            for i, cs in curves.items()}}) + "\n")
@@ -136,7 +144,7 @@ def main(argv=None) -> int:
         save_session(args.save_session, rows, curves, protocol, args.tag)
     budget = float(protocol.get("budget_seconds") or 0) or max(r.wall_seconds or 0 for r in rows)
     points = [len(c.points) for cs in curves.values() for c in cs]
-    results = [replay(rows, curves, Rule(budget, *s)) for s in SETTINGS]
+    results = [replay(rows, curves, Rule(budget, *s), bool(protocol.get("maximize"))) for s in SETTINGS]
     report = {"source": str(root), "tag": protocol.get("tag", args.tag), "budget_seconds": budget, "device": protocol.get("device"),
               "rows": len(rows), "curves": len(points), "points_per_curve": sorted(points),
               "default": results[0], "variants": [{k: v for k, v in r.items() if k != "rows"} for r in results[1:]]}
@@ -145,12 +153,12 @@ def main(argv=None) -> int:
     print(f"{len(rows)} rows, {len(points)} curves ({min(points, default=0)}-{max(points, default=0)} points each), "
           f"budget {budget:g}s")
     print(f"{'warmup':>6} {'margin':>6} {'patience':>8} {'min_trials':>10} | {'stopped':>7} {'of':>3} | {'saved s':>8} "
-          f"{'share':>6} | keeps stopped")
+          f"{'share':>6} | keeps stopped | stopped but better than the best")
     for r in results:
         k = r["rule"]
         print(f"{k['warmup']:>6g} {k['margin']:>6g} {k['patience']:>8d} {k['min_trials']:>10d} | {r['stopped']:>7d} "
               f"{r['candidates']:>3d} | {r['saved_seconds']:>8.0f} {100 * r['saved_share']:>5.1f}% | "
-              f"{r['stopped_keeps']} of {r['kept']}")
+              f"{r['stopped_keeps']} of {r['kept']:<9} | {r['stopped_better_than_best']}")
     print(f"written: {args.out}")
     return 0
 
