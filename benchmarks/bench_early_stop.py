@@ -71,7 +71,8 @@ def replay(rows, curves: dict[int, list[Curve]], rule: Rule, maximize: bool = Fa
         if r.agent != "baseline":
             per_row.append({"id": r.id, "status": r.status, "metric": r.metric, "best_metric": best_metric,
                             "gain_over_best": gain, "description": r.description,
-                            "experiment_seconds": round(r.experiment_seconds or 0.0, 1), "train_and_eval_seconds": round(spent, 1),
+                            "experiment_seconds": round(r.experiment_seconds or 0.0, 1),
+                            "train_and_eval_seconds": round(spent, 1),
                             "stopped_at": round(hit[0], 1) if hit else None,
                             "saved_seconds": round(max(0.0, spent - hit[0]), 1) if hit else 0.0,
                             "reason": hit[1] if hit else ""})
@@ -119,7 +120,8 @@ def read_workspace(root: Path, tag: str) -> tuple[list[Recorded], dict[int, list
 
 def save_session(path: Path, rows, curves, protocol, tag: str) -> None:
     """The rows and curves in one file, so that the replay can be run again without the workspace."""
-    path.write_text(json.dumps({"protocol": {**{k: protocol.get(k) for k in ("budget_seconds", "device", "seeds", "maximize")}, "tag": tag},
+    kept = {k: protocol.get(k) for k in ("budget_seconds", "device", "seeds", "maximize")}
+    path.write_text(json.dumps({"protocol": {**kept, "tag": tag},
                                 "rows": [asdict(r) for r in rows],
                                 "curves": {str(i): [json.loads(c.to_json(protocol.get("budget_seconds") or 0)) for c in cs]
                                            for i, cs in curves.items()}}) + "\n")
@@ -145,7 +147,8 @@ def main(argv=None) -> int:
     budget = float(protocol.get("budget_seconds") or 0) or max(r.wall_seconds or 0 for r in rows)
     points = [len(c.points) for cs in curves.values() for c in cs]
     results = [replay(rows, curves, Rule(budget, *s), bool(protocol.get("maximize"))) for s in SETTINGS]
-    report = {"source": str(root), "tag": protocol.get("tag", args.tag), "budget_seconds": budget, "device": protocol.get("device"),
+    report = {"source": str(args.source), "tag": protocol.get("tag", args.tag), "budget_seconds": budget,
+              "device": protocol.get("device"),
               "rows": len(rows), "curves": len(points), "points_per_curve": sorted(points),
               "default": results[0], "variants": [{k: v for k, v in r.items() if k != "rows"} for r in results[1:]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

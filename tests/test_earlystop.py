@@ -1,18 +1,20 @@
 """Early stopping: the progress-line parser, the log follower, the rule, and a real session that stops a hopeless run."""
 
+import io
 import json
 import textwrap
 import time
 
 import pytest
+from rich.console import Console
 
 from autoresearch.agents.base import Proposal
 from autoresearch.earlystop import MAX_LINE, MAX_READ, Curve, LogFollower, Rule, Watch, curve_path, parse_progress
-from autoresearch.session import run_session
-from autoresearch.status import stats
 from autoresearch.ledger import Ledger
-from tasks import make_task
+from autoresearch.session import run_session
+from autoresearch.status import render_status, stats
 from tasks import journal_rows as rows
+from tasks import make_task
 
 
 @pytest.mark.parametrize("line, found", [
@@ -154,7 +156,8 @@ class Scripted:
         if not self.offsets:
             return None
         offset = self.offsets.pop(0)
-        return Proposal(f"OFFSET = {offset}", {"train.py": context.files["train.py"].replace("OFFSET = 0.0", f"OFFSET = {offset}")})
+        source = context.files["train.py"].replace("OFFSET = 0.0", f"OFFSET = {offset}")
+        return Proposal(f"OFFSET = {offset}", {"train.py": source})
 
     def observe(self, result):
         pass
@@ -179,7 +182,11 @@ def test_a_run_far_behind_the_best_is_stopped_early_and_a_close_one_runs_to_its_
     runs = root / ".autoresearch" / "runs"
     for r in (base, far, close):  # every run's curve, as the harness saw it, beside its log
         recorded = Curve.load(runs / str(r["id"]) / "curve.json")
-        assert recorded is not None and len(recorded.points) >= 3 and recorded.wall_seconds == pytest.approx(r["wall_seconds"], abs=0.01)
+        assert recorded is not None and len(recorded.points) >= 3
+        assert recorded.wall_seconds == pytest.approx(r["wall_seconds"], abs=0.01)
     assert Curve.load(runs / str(far["id"]) / "curve.json").stopped == far["reason"]
     s = stats(Ledger(root, "autoresearch/t", "score", True).rows())
     assert s["stopped_early"] == 1 and s["early_stop_saved_seconds"] == pytest.approx(saved)
+    shown = io.StringIO()
+    render_status(ledger, True, Console(file=shown, width=200))
+    assert f"Early stopping: 1 run(s) stopped, about {saved:.0f}s of training saved" in shown.getvalue()
