@@ -87,6 +87,13 @@ class DecideSettings(_Strict):
     # Runs with different seeds whose models (the evaluator's fingerprint.json) are closer than this relative
     # distance ignored AUTORESEARCH_SEED (gpt weights: about 0.005-0.05 for one seed run twice, 1.4 for two seeds).
     same_model_distance: float = Field(0.5, ge=0.0)
+    # Early stopping (docs/early_stop.md): a candidate's screen run whose printed training loss stays behind the
+    # best's at the same elapsed time (by the harness's clock) is stopped and discarded, never evaluated.
+    early_stop: bool = False
+    early_stop_warmup: float = Field(0.3, ge=0.0, le=1.0)  # share of the budget before any stop
+    early_stop_margin: float = Field(0.05, ge=0.0)  # relative: how much worse than the best's loss at that time
+    early_stop_patience: int = Field(3, ge=1)  # progress lines in a row that must all be behind
+    early_stop_min_trials: int = Field(3, ge=1)  # finished runs' curves (the best's included) the median needs
 
     def resolve_seeds(self, cuda: bool) -> int:
         """Runs of a candidate that passes its screen: the configured number, or 3 on CUDA and 2 elsewhere."""

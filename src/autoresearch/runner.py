@@ -49,7 +49,7 @@ class RunSpec:
 
 @dataclass
 class Run:
-    failure: str | None  # crash | timeout | invalid, or None
+    failure: str | None  # crash | timeout | invalid, discard (stopped early), or None
     reason: str
     metric: float | None
     out: RunOutcome
@@ -76,6 +76,7 @@ class Runner:
         self.checkout = Path(checkout).resolve() if checkout else None  # the user's checkout: its git data is watched
         self.guard = GitGuard(self.checkout) if self.checkout else None
         self.locked_hash = locked_hash  # the locked files' hash at the session's start: each evaluator copy must match
+        self.early_stop = None  # an earlystop.EarlyStop: records each training run's curve, may stop a hopeless one
 
     def protection(self) -> dict:
         """What protected this session's runs, as they had it: recorded with each row, so `status` never claims
@@ -105,8 +106,11 @@ class Runner:
             self.guard.tag = trial.tag
         git_before = self.guard.snapshot([tree.root]) if self.guard else None
         code_before = _code_files(tree.root) - committed[0]
+        watch = self.early_stop.watch(trial, log) if self.early_stop else None
         out = self.executor.run(tree.root, command, self._env(seed, artifacts, trial, env), self.spec.limit_seconds, log,
-                                on_start=_tell(on_process, "train", log), on_tick=on_tick)
+                                on_start=_tell(on_process, "train", log), on_tick=watch.ticker(on_tick) if watch else on_tick)
+        if watch:
+            watch.finish(out)  # curve.json beside the log
         shutil.rmtree(scratch, ignore_errors=True)
         if out.interrupted:
             raise KeyboardInterrupt
@@ -163,7 +167,7 @@ class Runner:
         if out.offence:
             return "invalid", f"{out.offence}; a run may not touch the harness"
         left = out.escaped
-        if self.sandbox and not out.timed_out:
+        if self.sandbox and not (out.timed_out or out.stopped):  # a run the harness killed leaves no supervisor line
             counted = leftover_processes(out.log_tail)
             if counted is None:
                 return "invalid", "the run stopped the sandbox's supervisor, which ends every process the run started"
@@ -189,6 +193,8 @@ class Runner:
             self.tampered = changed
             return "invalid", (f"held-out or evaluation data changed during the run: {', '.join(changed[:3])}; "
                                "delete it and run `autoresearch prepare` to restore it")
+        if out.stopped:  # early stopping: the harness killed it; it is never evaluated, so never kept
+            return "discard", out.stopped
         if out.timed_out:
             stretched = f", stretched {out.dilation:.2g}x for CPU contention" if out.dilation > 1 else ""
             return "timeout", f"killed after {out.wall_seconds:.0f}s (limit {self.spec.limit_seconds:.0f}s{stretched})"

@@ -17,6 +17,7 @@ from autoresearch.agents.base import check_agent
 from autoresearch.config import CONFIG_FILE, Config, load_config, load_config_at
 from autoresearch.decide import NoiseAware
 from autoresearch.device import detect_device
+from autoresearch.earlystop import EarlyStop
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR, Ledger
 from autoresearch.lock import TagLock
@@ -54,8 +55,9 @@ def open_workspace(root: Path, config: Config) -> Workspace:
 
 
 def build_runner(root: Path, config: Config, seconds: float, device: str, echo=print, executor=None,
-                 runner_class=Runner, locked_hash: str | None = None) -> Runner:
-    """The Runner for this workspace: its commands and limits, the sandbox, and the paths it hides and watches."""
+                 runner_class=Runner, locked_hash: str | None = None, ledger: Ledger | None = None) -> Runner:
+    """The Runner for this workspace: its commands and limits, the sandbox, and the paths it hides and watches;
+    with the `ledger`, the early-stopping hook (curves always recorded; the rule if `[decide] early_stop`)."""
     spec = RunSpec(
         run_command=config.commands.run, metric=config.metric.name, maximize=config.metric.direction == "maximize",
         budget_seconds=seconds, limit_seconds=config.budget.kill_after(seconds),
@@ -72,7 +74,9 @@ def build_runner(root: Path, config: Config, seconds: float, device: str, echo=p
     else:
         echo(f"Sandbox: none; nothing is hidden from training; {len(protected.all())} held-out path(s) watched for "
              "changes by content")
-    return runner_class(executor or LocalExecutor(passthrough=box.env), spec, sandbox, protected, root, locked_hash)
+    runner = runner_class(executor or LocalExecutor(passthrough=box.env), spec, sandbox, protected, root, locked_hash)
+    runner.early_stop = EarlyStop(config.decide, seconds, ledger)
+    return runner
 
 
 
@@ -234,10 +238,12 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         echo(f"Branch {branch} | agent {agent.name if agent else 'none'} | {device} | budget {seconds:g}s, "
              f"killed at {config.budget.kill_after(seconds):g}s | {settings.metric} ({config.metric.direction}) | "
              f"{settings.seeds} seed(s) per candidate, {settings.baseline_seeds} per baseline, keep beyond {config.decide.threshold_sigmas:g}σ")
-        if ray:
+        if ray:  # the runs' logs are on the nodes: no loss curves, so no early stopping
+            if config.decide.early_stop:
+                echo("Early stopping is not applied with --executor ray: the runs' progress lines stay on their nodes.")
             runner = build_ray_runner(root, config, seconds, device, echo, address=address, locked_hash=ws.locked_hash_at(parent))
         else:
-            runner = build_runner(root, config, seconds, device, echo, locked_hash=ws.locked_hash_at(parent))
+            runner = build_runner(root, config, seconds, device, echo, locked_hash=ws.locked_hash_at(parent), ledger=ledger)
         decider = NoiseAware(config.decide.threshold_sigmas, config.decide.cost_per_added_line, config.decide.keep_simplifications)
         if agent is not None:
             check_agent(agent)

@@ -108,6 +108,8 @@ def stats(rows) -> dict:
         "evaluation_seconds": max(0.0, wall - training) + evaluation,  # start-up, export, and the evaluator
         "agent_seconds": agent,  # the agent thinking up proposals
         "harness_seconds": max(0.0, total - wall - evaluation - agent),  # checks, git, recording
+        "stopped_early": sum(r.reason.startswith("stopped early") for r in done),  # early stopping (earlystop.py)
+        "early_stop_saved_seconds": sum(float(r.summary.get("early_stop_saved_seconds", 0) or 0) for r in done),
     }
 
 
@@ -203,6 +205,9 @@ def render_status(ledger: Ledger, maximize: bool, console: Console | None = None
         console.print("Time: " + ", ".join(f"{name} {s[key]:.0f}s ({100 * s[key] / total:.0f}%)" for name, key in
                                            (("training", "training_seconds"), ("start-up and evaluation", "evaluation_seconds"),
                                             ("agent", "agent_seconds"), ("harness", "harness_seconds"))))
+    if s["stopped_early"]:
+        console.print(f"Early stopping: {s['stopped_early']} run(s) stopped, about {s['early_stop_saved_seconds']:.0f}s "
+                      "of training saved (their printed loss was far behind the best's; none was evaluated)")
 
 
 def render_disk(ledger: Ledger, console: Console | None = None) -> None:

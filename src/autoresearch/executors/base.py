@@ -22,8 +22,11 @@ class RunOutcome:
     dilation: float = 1.0  # (cpu + runqueue wait) / cpu of its busiest thread, in [1, 10]; 1.0 when unknown
     offence: str = ""  # what the run did to the harness (signalled it), as the harness saw it
     escaped: int = 0  # processes of the run that left its process group and were killed after it
+    stopped: str = ""  # why the harness stopped the run early (its on_tick asked), its process group killed
 
 
 class Executor(Protocol):
+    """on_tick(elapsed) is called about every second while the command runs; a reason it returns stops the run."""
+
     def run(self, workspace: Path, command: str, env: dict[str, str], limit_seconds: float, log_path: Path,
             on_start=None, on_tick=None) -> RunOutcome: ...

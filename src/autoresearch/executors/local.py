@@ -57,10 +57,11 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
         return "".join(deque(f, maxlen=lines))
 
 
-def _wait(proc: subprocess.Popen, start: float, limit_seconds: float, on_tick=None, stretch=None, every: float = 1.0) -> None:
+def _wait(proc: subprocess.Popen, start: float, limit_seconds: float, on_tick=None, stretch=None, every: float = 1.0) -> str:
     """Wait for `proc` until the limit (TimeoutExpired past it), calling on_tick(seconds so far) about every second.
     `stretch()` (≥ 1) widens the limit by the CPU contention the run has met so far: a hang that sleeps is not
-    stretched, and an honest run on a busy machine is not killed for being slowed down."""
+    stretched, and an honest run on a busy machine is not killed for being slowed down. A tick that returns a
+    reason (early stopping) ends the wait with it, the run still running; "" when the run ended by itself."""
     while True:
         elapsed = time.monotonic() - start
         left = limit_seconds * (stretch() if stretch else 1.0) - elapsed
@@ -68,10 +69,12 @@ def _wait(proc: subprocess.Popen, start: float, limit_seconds: float, on_tick=No
             raise subprocess.TimeoutExpired(proc.args, limit_seconds)
         try:
             proc.wait(timeout=min(left, every))
-            return
+            return ""
         except subprocess.TimeoutExpired:
             if on_tick is not None:
-                on_tick(time.monotonic() - start)
+                stop = on_tick(time.monotonic() - start)
+                if stop:
+                    return str(stop)
 
 
 def group_members(pgid: int) -> int:
@@ -125,6 +128,7 @@ class LocalExecutor:
             on_start=None, on_tick=None) -> RunOutcome:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         timed_out = interrupted = False
+        stopped = ""
         token = os.urandom(8).hex()
         marker = f"{MARKER}={token}"  # as it stands in /proc/<pid>/environ
         run_env = command_env({**env, MARKER: token}, base=run_environment(os.environ, self.passthrough))
@@ -138,7 +142,7 @@ class LocalExecutor:
                 if on_start:
                     on_start(proc.pid)
                 try:
-                    _wait(proc, start, limit_seconds, on_tick, lambda: sampler.result().dilation)
+                    stopped = _wait(proc, start, limit_seconds, on_tick, lambda: sampler.result().dilation)
                 except subprocess.TimeoutExpired:
                     timed_out = True
                 except KeyboardInterrupt:
@@ -153,6 +157,6 @@ class LocalExecutor:
                 escaped = left + kill_marked(marker)  # and those that left the group
         offence = guarded.offence
         text = log_path.read_text(encoding="utf-8", errors="replace")
-        returncode = None if (timed_out or interrupted) else proc.returncode
+        returncode = None if (timed_out or interrupted or stopped) else proc.returncode
         return RunOutcome(returncode, wall, timed_out, log_path, read_tail(log_path), parse_summary(text),
-                          interrupted, contention.cpu_seconds, contention.dilation, offence, escaped)
+                          interrupted, contention.cpu_seconds, contention.dilation, offence, escaped, stopped)
