@@ -71,3 +71,19 @@ def journal_rows(root: Path) -> list[dict]:
     out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
     db.close()
     return out
+
+
+# The locked evaluator of the held-out toy tasks (integrity, Ray): the score of the saved model on val.txt.
+HELDOUT_EVALUATE = textwrap.dedent('''\
+    """Locked: the score of the saved model on the held-out numbers."""
+    import json
+    import os
+
+    import prepare
+
+    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "model.json")) as f:
+        w = json.load(f)["w"]
+    val = prepare.read_numbers("val.txt")
+    print("---")
+    print(f"score: {-sum((w - v) ** 2 for v in val) / len(val):.6f}")
+''')

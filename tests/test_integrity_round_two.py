@@ -16,7 +16,7 @@ from autoresearch.config import load_config
 from autoresearch.sandbox import bubblewrap_works
 from autoresearch.session import build_runner, open_workspace, run_session
 from autoresearch.trial import Trials
-from tasks import git, journal_rows
+from tasks import HELDOUT_EVALUATE, git, journal_rows
 from test_gpt_integrity import Edits
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -58,19 +58,7 @@ TRAIN = textwrap.dedent('''\
     print("---")
     print(f"steps: {STEPS}")
 ''')
-EVALUATE = textwrap.dedent('''\
-    """Locked: the score of the saved model on the held-out numbers."""
-    import json
-    import os
-
-    import prepare
-
-    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "model.json")) as f:
-        w = json.load(f)["w"]
-    val = prepare.read_numbers("val.txt")
-    print("---")
-    print(f"score: {-sum((w - v) ** 2 for v in val) / len(val):.6f}")
-''')
+EVALUATE = HELDOUT_EVALUATE
 CONFIG = textwrap.dedent('''\
     program = "program.md"
     editable = ["train.py"]

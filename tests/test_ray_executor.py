@@ -20,7 +20,7 @@ from autoresearch.executors.ray_runner import RayRunner, cluster_device, connect
 from autoresearch.sandbox import bubblewrap_works
 from autoresearch.session import build_runner, open_workspace
 from autoresearch.trial import Trials
-from tasks import git
+from tasks import HELDOUT_EVALUATE, git
 
 pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install "ray[default]"')  # ray_runner imports it lazily
 psutil = pytest.importorskip("psutil")
@@ -74,19 +74,7 @@ TRAIN = textwrap.dedent('''\
     print("---")
     print(f"steps: {STEPS}")
 ''')
-EVALUATE = textwrap.dedent('''\
-    """Locked: the score of the saved model on the held-out numbers."""
-    import json
-    import os
-
-    import prepare
-
-    with open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "model.json")) as f:
-        w = json.load(f)["w"]
-    val = prepare.read_numbers("val.txt")
-    print("---")
-    print(f"score: {-sum((w - v) ** 2 for v in val) / len(val):.6f}")
-''')
+EVALUATE = HELDOUT_EVALUATE
 CONFIG = textwrap.dedent('''\
     program = "program.md"
     editable = ["train.py"]

@@ -18,6 +18,7 @@ from autoresearch.session import run_session
 from autoresearch.slots import make_slots
 from autoresearch.workspace import Workspace
 from tasks import git, make_task
+from test_loop import ScriptedAgent
 from tasks import journal_rows as rows
 
 ONE_SEED = "\n[decide]\nseeds = 1\nbaseline_seeds = 1\n"
@@ -43,23 +44,6 @@ SCORE_TASK = textwrap.dedent('''\
     print(f"ended: {time.time():.3f}")
     print(f"threads: {os.environ.get('AUTORESEARCH_THREADS', '0')}")
 ''')
-
-
-class ScriptedAgent:
-    """Proposes what each step returns for the context, in order (None: nothing), and remembers what it saw."""
-
-    name = "scripted"
-
-    def __init__(self, *steps):
-        self.steps, self.spent = list(steps), Usage()
-        self.contexts, self.results = [], []
-
-    def propose(self, context):
-        self.contexts.append(context)
-        return self.steps.pop(0)(context) if self.steps else None
-
-    def observe(self, result):
-        self.results.append(result)
 
 
 def sub(pattern, replacement, description):
