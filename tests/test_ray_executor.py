@@ -296,7 +296,10 @@ def test_the_records_logs_and_models_match_the_local_runners(ray_cluster, tmp_pa
         assert (b.failure, b.reason, b.metric) == (a.failure, a.reason, a.metric), (i, a.reason, b.reason)
         assert b.out.summary == a.out.summary and b.out.returncode == a.out.returncode
         assert b.out.log_tail == a.out.log_tail and b.out.log_path == trials.run_dir(i + 11) / "run.log"
-        assert files_of(trials.run_dir(i + 11)) == files_of(trials.run_dir(i + 1))  # logs and models, byte for byte
+        # logs and models, byte for byte; the loss curve the head's harness records from a local log (curve.json, for
+        # early stopping) is not made for a run whose log is written on a node
+        local_files = {k: v for k, v in files_of(trials.run_dir(i + 1)).items() if not k.startswith("curve")}
+        assert files_of(trials.run_dir(i + 11)) == local_files
         assert b.artifacts == trials.run_dir(i + 11) / "artifacts-seed42"
     assert "artifacts-seed42/extra/steps.txt" in files_of(trials.run_dir(11))  # folders of models too
     # a keep is scored on the hidden split here, on the head, on the models its runs brought back
