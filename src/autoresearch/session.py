@@ -223,9 +223,9 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         device = cluster_device(address, echo) if ray else detect_device()  # where the runs go decides their device
         cuda = device == "cuda"
         # Ray places each run on a node with a free GPU (or CPU): the slots only count the runs under way
-        slots = [Slot(i, "a Ray task") for i in range(workers)] if ray else make_slots(workers, device, gpus)
         if ray and workers < 1:
             raise UsageError(f"--workers must be at least 1, not {workers}")
+        slots = [Slot(i, "a Ray task") for i in range(workers)] if ray else make_slots(workers, device, gpus)
         seconds = budget if budget is not None else config.budget.resolve_seconds(cuda)
         program = ws.git_bytes("cat-file", "blob", f"{parent}:{config.program}").decode("utf-8", "replace")
         settings = Settings(
