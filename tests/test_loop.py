@@ -396,3 +396,53 @@ def test_a_journal_written_before_the_test_split_columns_is_resumed(tmp_path):
     records = rows(root)
     assert [r["status"] for r in records][:2] == ["keep", "keep"] and records[2]["status"] in ("keep", "discard")
     assert records[1]["test_metric"] is None  # this task has no test command
+
+
+class Watcher:
+    """Collects the loop's events, as a live view or a tracker would see them."""
+
+    def __init__(self):
+        self.events = []
+
+    def experiment_started(self, row_id, description, budget, worker, label):
+        self.events.append(("started", row_id, description))
+
+    def process_started(self, row_id, kind, log):
+        self.events.append(("process", row_id, kind, log is None or log.name.endswith(".log")))
+
+    def experiment_recorded(self, row):
+        self.events.append(("recorded", row.id, row.status))
+
+    def proposing(self, active, cost):
+        self.events.append(("proposing", active))
+
+    def close(self):
+        self.events.append(("closed",))
+
+
+class BrokenWatcher(Watcher):
+    name = "broken tracker"
+
+    def experiment_recorded(self, row):
+        raise ConnectionError("tracking server is gone")
+
+
+def test_watchers_see_every_experiment_and_a_broken_one_is_switched_off_with_one_warning(tmp_path):
+    root = make_task(tmp_path / "ws")
+    said = []
+    agent = ScriptedAgent(edit("LR = 0.1", "LR = 0.3"), lambda c: Proposal("touch the data", {"prepare.py": "X\n"}),
+                          edit("STEPS = 40", "STEPS = 2"), edit("LR = 0.3", "LR = 0.2"))
+    good, broken = Watcher(), BrokenWatcher()
+    run_session(root, tag="t", agent=agent, max_experiments=2, echo=said.append, observers=[broken, good])
+    recorded = [e for e in good.events if e[0] == "recorded"]
+    assert recorded == [("recorded", r["id"], r["status"]) for r in rows(root)]
+    assert [s for _, _, s in recorded] == ["keep", "keep", "invalid", "discard"]
+    started = [e[1] for e in good.events if e[0] == "started"]
+    assert started == [r["id"] for r in rows(root) if r["status"] != "invalid"]
+    assert ("process", started[0], "train", True) in good.events
+    asked = good.events.count(("proposing", True))
+    assert asked == good.events.count(("proposing", False)) and asked >= 3
+    assert good.events[-1] == ("closed",)
+    warnings = [s for s in said if "broken tracker failed" in s]
+    assert len(warnings) == 1 and "ConnectionError: tracking server is gone" in warnings[0]
+    assert len([e for e in broken.events if e[0] == "started"]) == 1  # switched off after the baseline's record

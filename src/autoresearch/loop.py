@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from autoresearch import UsageError
 from autoresearch.agents.base import Context, CrashToFix, Proposal, Result, Usage
+from autoresearch.events import Observer
 from autoresearch.failpoints import failpoint
 from autoresearch.ledger import INTERRUPTED, Ledger, Row
 from autoresearch.measure import Measured, Measurement
@@ -97,10 +98,12 @@ class Loop:
     at once while the agent proposes for idle ones; results are decided one at a time as they finish (`settle`)."""
 
     def __init__(self, ws: Workspace, ledger: Ledger, agent, measurement: Measurement, settings: Settings,
-                 reporter: Reporter | None = None, strategy: Strategy | None = None, slots: list[Slot] | None = None):
+                 reporter: Reporter | None = None, strategy: Strategy | None = None, slots: list[Slot] | None = None,
+                 events: Observer | None = None):
         self.ws, self.ledger, self.agent, self.measurement, self.s = ws, ledger, agent, measurement, settings
         self.runner = measurement.runner
         self.reporter = reporter or Reporter()
+        self.events = events or Observer()  # a live view, a tracker (events.Observers fans out to several)
         self.strategy = strategy or Greedy()
         self.pool = Pool(slots or [Slot()])
         self.trials = Trials(ws, ledger.tag)
@@ -164,12 +167,15 @@ class Loop:
 
     def _ask(self, asked: "Asked", slot: Slot | None = None) -> "Asked":
         """Ask the agent, here or in a thread of its own; its error and note are read in the same thread."""
+        self.events.proposing(True, getattr(self.agent, "spent", Usage()).cost_usd)
         try:
             asked.proposal = self.agent.propose(asked.context)
         except Exception as exc:  # handed to the loop's thread, which raises it there
             if slot is None:
                 raise
             asked.failure = exc
+        finally:
+            self.events.proposing(False, getattr(self.agent, "spent", Usage()).cost_usd)
         asked.error, asked.note = getattr(self.agent, "last_error", None), getattr(self.agent, "last_note", "")
         asked.seconds = time.monotonic() - asked.t0
         if slot is not None:
@@ -215,6 +221,7 @@ class Loop:
             row = self._open_row(job, None, None, slot)
             self.ledger.finish(row, "invalid", f"edit refused: {exc}")
             self.reporter.say(f"  invalid   {description}: {exc}")
+            self._recorded(row)
             return Result(description, "invalid", None, str(exc), {"files": job.proposal.files})
         digest = self.ws.editable_hash_at(parent, job.proposal.files)
         if digest == self.ws.editable_hash_at(parent) or (job.rebased_from is None and digest in self.ledger.measured_hashes(running=True)):
@@ -290,6 +297,7 @@ class Loop:
 
         def on_process(pid, kind, log=None):
             journal.add_process(row, pid, identity(pid), str(log) if log else None)
+            self.events.process_started(row, kind, log)
             failpoint(kind)  # the kill-safety tests stop the harness while this process runs
 
         tick = self.pool.tick_guard(self.reporter.ticker(f"#{row}", lambda: journal.beat(row)))
@@ -313,6 +321,7 @@ class Loop:
         self.reporter.say(f"  {m.status:<9} {shown:>10}  {label}" + ("" if keep and not baseline else f"  ({reason})"))
         if test_state:  # the worktree is gone: the evaluator's copy of the commit comes from the repository
             self.score_test(row, dataclasses.replace(trial, tree=self.ws), m.seeds, m.artifacts)
+        self._recorded(row)
         return Result(description, m.status, m.metric, reason, {"ran": True, "log_tail": log_tail, "values": m.values,
                       "log": str(trial.run_dir / "run.log"), "summary": m.runs[0].out.summary if m.runs else {},
                       "files": self.ws.read_editable_at(trial.commit)})
@@ -328,6 +337,14 @@ class Loop:
         slot = slot or (self.pool.free[0] if self.pool.free else None)
         where = f" on worker {slot.index} ({slot.label})" if slot is not None and not self.pool.inline else ""
         self.reporter.say(f"#{row} {description}: {runs}+ run(s) of {self.runner.spec.budget_seconds:g}s{where}")
+        self.events.experiment_started(row, description, self.runner.spec.budget_seconds, slot.index if slot else 0,
+                                       slot.label if slot else "")
+
+    def _recorded(self, row: int) -> None:
+        """Tell the watchers a row is finished, as the journal now holds it."""
+        found = self.ledger.where("id = ?", (row,))
+        if found:
+            self.events.experiment_recorded(found[0])
 
     def baseline(self, description: str = "baseline", seed_offset: int = 0) -> None:
         """Run the starting commit once per baseline seed: its mean is the first best, its spread the first σ."""
@@ -389,6 +406,7 @@ class Loop:
             stop(json.loads(row.pids_json) + ([[row.pid, ""]] if row.pid else []))
             self.ledger.finish(row.id, "crash", f"{INTERRUPTED} the harness stopped during this experiment")
             self.trials.close(row.id, keep_models=False)
+            self._recorded(row.id)
         for folder in self.trials.leftovers():
             self.ws.remove_worktree(folder)
         kept, own = self.ledger.kept_ids(), self.ledger.own_ids()  # another tag may be running its own trials

@@ -18,6 +18,7 @@ from autoresearch.config import CONFIG_FILE, Config, load_config, load_config_at
 from autoresearch.decide import NoiseAware
 from autoresearch.device import detect_device
 from autoresearch.earlystop import EarlyStop
+from autoresearch.events import Observers
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import STATE_DIR, Ledger
 from autoresearch.lock import TagLock
@@ -183,7 +184,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
                 seed: int = 42, max_experiments: int | None = None, max_hours: float | None = None,
                 echo=print, agent=None, max_cost: float | None = None, agent_overrides: dict | None = None,
                 remeasure: bool = False, workers: int = 1, gpus: str | None = None, strategy: str = "greedy",
-                executor: str = "local", address: str | None = None) -> tuple[Ledger, bool]:
+                executor: str = "local", address: str | None = None, observers=()) -> tuple[Ledger, bool]:
     """Run the loop on autoresearch/<tag> under its lock; returns the ledger and whether the metric is maximized.
 
     `agent`, if given, is any object with the Agent protocol; else one is made from `agent_name` or the config,
@@ -191,7 +192,10 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
     Ctrl-C raises KeyboardInterrupt and SIGTERM `Terminated` after the loop has recorded and cleaned up.
     `workers` trials run at once, each on a slot of its own (`gpus`, or a share of the cores); `strategy` picks
     their parents (greedy, parallel, tree); `executor` "ray" runs them as Ray tasks (at `address`, else a local Ray).
+    `observers` (events.Observer) are told what happens: a live view, an experiment tracker; one that fails is
+    switched off with a warning, and each is closed when the session ends.
     """
+    events = Observers(observers, warn=echo)
     search = make_strategy(strategy, seed)  # a bad name is an error before anything starts
     root = Path(root).resolve()
     head_config = load_config(root)  # a readable config in the checkout, or a one-line error
@@ -250,7 +254,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
         if len(slots) > 1 or search.name != "greedy":
             echo(f"Workers: {len(slots)} ({', '.join(slot.label for slot in slots)}) | strategy {search.name}")
         loop = Loop(ws, ledger, agent, Measurement(runner, decider, settings.maximize), settings, Reporter(echo),
-                    strategy=search, slots=slots)
+                    strategy=search, slots=slots, events=events)
         try:
             check_protocol(ledger, protocol_of(config, settings, seconds, ws, parent), remeasure, echo)
         except UsageError:
@@ -269,6 +273,7 @@ def run_session(root: Path, tag: str | None = None, agent_name: str | None = Non
             raise
         return ledger, settings.maximize
     finally:
+        events.close()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous_handler)
         if results_lock is not None:
