@@ -239,9 +239,11 @@ def check_recovered_invariants(root, records, interrupted_before, open_at_kill, 
     assert not list(root.glob("*.tmp")) + list(root.glob(".*.tmp")), f"{where} {list(root.glob('*.tmp'))}"
     assert git(root, "status", "--porcelain") == "", f"{where} {git(root, 'status', '--porcelain')}"
 
-    # results.tsv: one line per done row, in order, with the journal's commits and statuses.
+    # results.tsv: one line per done row, in order, with the journal's commits and the anchor's three statuses
+    # (a row without a metric is a crash there); a failed baseline is left out.
     lines = (root / "results.tsv").read_text().splitlines()
-    done = [r for r in records if r["state"] == "done"]
+    done = [dict(r, status=r["status"] if r["status"] in ("keep", "discard") and r["metric"] is not None else "crash")
+            for r in records if r["state"] == "done" and not (r["agent"] == "baseline" and r["status"] != "keep")]
     assert lines[0].split("\t")[:2] == ["commit", "score"] and len(lines) == len(done) + 1, \
         f"{where} results.tsv has {len(lines) - 1} rows, the journal {len(done)} done"
     table = [line.split("\t") for line in lines[1:]]

@@ -135,7 +135,7 @@ def test_a_hanging_script_is_killed_at_the_limit_with_no_process_left(tmp_path):
                                                            str(proc.info["cwd"] or "").startswith(str(root))):
             left.append(proc.info)
     assert left == []
-    assert tsv(root)["score"].tolist()[1] == 0.0
+    assert tsv(root).iloc[1].tolist()[1:] == [0.0, 0.0, "crash", "[timeout] hang"]  # the anchor's three statuses
 
 
 def test_a_crash_is_recorded_with_its_log_tail(tmp_path):

@@ -84,6 +84,18 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from autoresearch.export import export_csv, export_json
+    from autoresearch.session import open_ledger
+
+    ledger, maximize = open_ledger(Path(args.workspace), args.tag)
+    if args.tag and not ledger.rows():
+        known = ", ".join(b.removeprefix("autoresearch/") for b in ledger.branches()) or "none"
+        raise UsageError(f"no experiments on {ledger.branch} (tags with experiments: {known})")
+    sys.stdout.write(export_json(ledger, maximize) if args.format == "json" else export_csv(ledger))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from autoresearch.demo import run_demo
 
@@ -156,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", default=".")
     p.add_argument("--dry-run", action="store_true", help="only say what would be freed")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("export", help="the journal of a tag as JSON or CSV on stdout, every column (schema "
+                       "autoresearch.export/1, in the README), for scripts, notebooks and agents")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="json (default) or csv")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="init, prepare, and run a few experiments of the loop on the embedded corpus, offline")
     p.add_argument("directory", nargs="?", default="autoresearch-demo")

@@ -383,17 +383,14 @@ class Ledger:
         return other
 
     def write_results_tsv(self) -> None:
-        """results.tsv with Karpathy's header; crashes and other failures are written as 0.000000 and 0.0.
+        """results.tsv with Karpathy's header, drawn so that the anchor's tools read the truth (see `tsv_line`).
         The tag's own copy is .autoresearch/tags/<tag>/results.tsv; the root one when this run owns it."""
         lines = [f"commit\t{self.metric_name}\tmemory_gb\tstatus\tdescription"]
-        for r in self.db.execute("SELECT commit_sha, metric, memory_gb, status, description FROM experiments"
+        for r in self.db.execute("SELECT commit_sha, metric, memory_gb, status, description, agent, reason FROM experiments"
                                  " WHERE branch = ? AND state = 'done' ORDER BY id", (self.branch,)).fetchall():
-            r = _TsvRow(*r)
-            ok = r.status in ("keep", "discard") and r.metric is not None
-            metric = f"{r.metric:.6f}" if ok else "0.000000"
-            memory = f"{r.memory_gb:.1f}" if ok and r.memory_gb is not None else "0.0"
-            description = " ".join(r.description.split()).replace("\t", " ")
-            lines.append(f"{(r.commit_sha or '-')[:7]}\t{metric}\t{memory}\t{r.status}\t{description}")
+            line = tsv_line(_TsvRow(*r))
+            if line is not None:
+                lines.append(line)
         text = "\n".join(lines) + "\n"
         own = self.root / STATE_DIR / "tags" / self.tag / "results.tsv"
         own.parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +406,34 @@ class _TsvRow:
     memory_gb: float | None
     status: str
     description: str
+    agent: str = ""
+    reason: str = ""
+
+
+TSV_STATUSES = ("keep", "discard", "crash")  # the only statuses the anchor's notebook and program.md know
+
+
+def tsv_line(r) -> str | None:
+    """One done row as a results.tsv line, or None for a failed baseline (left out: the anchor's tools take the
+    first line as the baseline). A row with a metric is `keep` or `discard`; every other one is `crash` with
+    0.000000 and 0.0, its finer status at the start of its description ("[timeout] ...", "[invalid] ...",
+    "[stopped early] ...", "[interrupted] ..."). The journal and `autoresearch export` hold the full detail."""
+    if r.agent == "baseline" and r.status != "keep":
+        return None
+    description = " ".join(r.description.split()).replace("\t", " ")
+    if r.status in ("keep", "discard") and r.metric is not None and math.isfinite(r.metric):
+        status, metric = r.status, f"{r.metric:.6f}"
+        memory = f"{r.memory_gb:.1f}" if r.memory_gb is not None else "0.0"
+    else:
+        if r.status == "crash":
+            finer = "interrupted" if r.reason.startswith(INTERRUPTED) else None
+        elif r.status == "discard" and r.reason.startswith("stopped early"):
+            finer = "stopped early"
+        else:
+            finer = r.status
+        status, metric, memory = "crash", "0.000000", "0.0"
+        description = f"[{finer}] {description}" if finer else description
+    return f"{(r.commit_sha or '-')[:7]}\t{metric}\t{memory}\t{status}\t{description}"
 
 
 def write_atomically(path: Path, text: str, scratch: Path) -> None:
