@@ -123,3 +123,10 @@ def test_export_of_an_unknown_tag_or_no_journal_is_a_one_line_error(journal, tmp
     bare = make_task(tmp_path / "bare")
     out = cli("export", cwd=bare)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no experiments recorded" in out.stderr
+
+
+def test_the_readme_documents_every_exported_field():
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for field, _, _ in FIELDS:
+        assert f"| `{field}` |" in readme, field
