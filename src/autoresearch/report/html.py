@@ -1,5 +1,4 @@
-"""report.html: one self-contained page (inline CSS and JS, the plot as a data URI, no network) with the summary,
-the highlighted diffs, a sortable and filterable table of every experiment and, where it branched, the search tree."""
+"""report.html: one self-contained page (inline CSS and JS, the plot as a data URI), with a sortable experiment table."""
 
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ details.kept{background:#fff;border:1px solid #e3e3e3;border-radius:6px;margin:8
 details.kept summary{cursor:pointer}.highlight pre{margin:6px 0;padding:8px;overflow-x:auto;font-size:12px}
 .warn{color:#9a6700}ul.tree,ul.tree ul{list-style:none;padding-left:16px;margin:0}ul.tree{padding-left:0}
 ul.tree li{border-left:1px solid #ccc;padding-left:8px;font-size:13px;white-space:nowrap}
-ul.tree a{color:inherit;text-decoration:none}.best{background:#fff3b0}
+ul.tree a{color:inherit;text-decoration:none}.best{background:#fff3b0}.scroll{overflow-x:auto}
 """
 
 SCRIPT = """
@@ -200,17 +199,17 @@ def _tree(report) -> str:
     for r in report.rows:
         parent = report.parents.get(r.id)
         children.setdefault(parent if parent in ids else None, []).append(r)
-    out, stack = ['<ul class="tree">'], [("open", r) for r in reversed(children.get(None, []))]
+    out, stack = ['<div class="scroll"><ul class="tree">'], [("open", r) for r in reversed(children.get(None, []))]
     while stack:
         kind, r = stack.pop()
         if kind == "close":
             out.append("</ul></li>")
             continue
         status = "running" if r.state != "done" else r.status
-        best = ' class="best"' if r.id == report.best_id else ""
-        out.append(f'<li{best}><a href="#e{r.id}">#{r.id}</a> <code>{e(fmt(r.metric))}</code> {_status(status)} '
-                   f'<span title="worker {r.worker}">w{r.worker}</span> {e(one_line(r.description, 90))}'
-                   + (" ★ best" if best else ""))
+        best = r.id == report.best_id
+        out.append(f'<li><span{" class=best" if best else ""}><a href="#e{r.id}">#{r.id}</a> <code>{e(fmt(r.metric))}</code> '
+                   f'{_status(status)} <span title="worker {r.worker}">w{r.worker}</span> {e(one_line(r.description, 90))}'
+                   + (" ★ best" if best else "") + "</span>")
         below = children.get(r.id, [])
         if below:
             out.append("<ul>")
@@ -218,7 +217,7 @@ def _tree(report) -> str:
             stack.extend(("open", c) for c in reversed(below))
         else:
             out.append("</li>")
-    out.append("</ul>")
+    out.append("</ul></div>")
     return "".join(out)
 
 
@@ -232,7 +231,9 @@ def _table(report) -> str:
     lines = []
     for x in report.experiments:
         r = x.row
-        reason = report.flags.get(r.id) or (f"running on {r.owner_host} (pid {r.owner_pid})" if x.status == "running" else r.reason)
+        reason = f"running on {r.owner_host} (pid {r.owner_pid})" if x.status == "running" else r.reason
+        if r.id in report.flags:
+            reason = f"{reason} ⚠ {report.flags[r.id]}".strip()
         cells = [_num(r.id, str(r.id)), f'<td data-v="{e(x.status)}">{_status(x.status)}</td>', _num(r.metric, fmt(r.metric))]
         if tested:
             cells.append(_num(r.test_metric, fmt(r.test_metric)))

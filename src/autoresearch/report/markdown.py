@@ -1,5 +1,4 @@
-"""report.md: the summary, where the time went, the agent's spend, every kept change with its diff, the top
-experiments, the crashes and the val/test disagreements, as GitHub-flavoured Markdown."""
+"""report.md: the summary, time split, spend, kept changes with diffs, top experiments, crashes and disagreements."""
 
 from __future__ import annotations
 

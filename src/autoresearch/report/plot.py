@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoresearch.report.figures import FAILED, one_line, running_best, shown_status
+from autoresearch.report.figures import kept_changes, one_line, running_best, shown_status
 
 MAX_LABELS = 40  # more keeps than this: only the largest gains are labelled (the others are still plotted)
 LABEL_CHARS = 44
@@ -28,7 +28,7 @@ class Progress:
     test_y: list = field(default_factory=list)
     best_x: list = field(default_factory=list)  # the running best's steps
     best_y: list = field(default_factory=list)
-    labels: list = field(default_factory=list)  # (text, (x0, y0, x1, y1) in pixels) of each placed label
+    labels: list = field(default_factory=list)  # (text, (x0, y0, x1, y1)) of each label, in pixels from the bottom left
     clipped: int = 0  # discarded points beyond the y range, drawn on its edge
     sigma: float | None = None
 
@@ -44,35 +44,45 @@ def _offsets(better_up: bool):
 
 
 def _overlap(a, b, pad: float = 1.5) -> bool:
-    return a.x0 - pad < b.x1 and b.x0 - pad < a.x1 and a.y0 - pad < b.y1 and b.y0 - pad < a.y1
+    """Two (x0, y0, x1, y1) pixel boxes overlap, `pad` pixels of margin included."""
+    return a[0] - pad < b[2] and b[0] - pad < a[2] and a[1] - pad < b[3] and b[1] - pad < a[3]
 
 
 def _place_labels(ax, renderer, points, texts, maximize: bool, keep_clear):
     """Greedy de-overlap: each label takes the first candidate offset whose box stays inside the axes and clear of
-    the labels placed before it and of the markers; a label away from its point gets a leader line."""
+    the labels placed before it and of the markers, with a leader line to its point (clipped by the label's box,
+    so a label beside its point has next to none). Each label's
+    size is measured once; the candidates' boxes are arithmetic."""
     frame = ax.get_window_extent(renderer)
+    scale = renderer.points_to_pixels(1.0)
     style = dict(textcoords="offset points", va="center", fontsize=7.5, color="#1a7a3a", zorder=6, gid="kept-label",
                  bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
     taken, placed = list(keep_clear), []
     for (x, y), text in zip(points, texts):
+        probe = ax.annotate(text, (x, y), xytext=(0, 0), ha="left", **style)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        width, height = box.width, box.height
+        px, py = ax.transData.transform((x, y))
         chosen, fallback = None, None
         for dx, dy, ha in _offsets(better_up=maximize):
-            trial = ax.annotate(text, (x, y), xytext=(dx, dy), ha=ha, **style)
-            box = trial.get_window_extent(renderer)
-            trial.remove()
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 + 14 <= box.y0 and box.y1 <= frame.y1 - 2
-            clash = sum(_overlap(box, other) for other in taken)
+            left = px + dx * scale if ha == "left" else px + dx * scale - width
+            middle = py + dy * scale
+            candidate = (left, middle - height / 2, left + width, middle + height / 2)
+            inside = (frame.x0 <= candidate[0] and candidate[2] <= frame.x1 and frame.y0 + 14 <= candidate[1]
+                      and candidate[3] <= frame.y1 - 2)
+            clash = sum(_overlap(candidate, other) for other in taken)
             if inside and not clash:
-                chosen = (dx, dy, ha, box)
+                chosen = (dx, dy, ha, candidate)
                 break
             score = (not inside, clash, abs(dy))
             if fallback is None or score < fallback[0]:
-                fallback = (score, dx, dy, ha, box)
-        dx, dy, ha, box = chosen or fallback[1:]
-        leader = dict(arrowprops=dict(arrowstyle="-", color="#58b37c", lw=0.6, shrinkA=0, shrinkB=4)) if abs(dy) > 10 else {}
-        ax.annotate(text, (x, y), xytext=(dx, dy), ha=ha, **style, **leader)
-        taken.append(box)
-        placed.append((text, tuple(float(v) for v in box.extents)))
+                fallback = (score, dx, dy, ha, candidate)
+        dx, dy, ha, candidate = chosen or fallback[1:]
+        ax.annotate(text, (x, y), xytext=(dx, dy), ha=ha, **style,
+                    arrowprops=dict(arrowstyle="-", color="#58b37c", lw=0.6, shrinkA=0, shrinkB=4))
+        taken.append(candidate)
+        placed.append((text, tuple(float(v) for v in candidate)))
     return placed
 
 
@@ -114,8 +124,9 @@ def plot_progress(rows, maximize: bool, metric_name: str, path: Path, sigma: flo
     ax.scatter([number[r.id] for r in inside], [r.metric for r in inside], c=DISCARDED, s=14, alpha=0.6, zorder=2,
                label=f"discarded ({len(discarded)})", gid="discarded")
     if clipped:
-        ax.scatter([number[r.id] for r in clipped], [0.09 if maximize else 0.985] * len(clipped), transform=edge, c=DISCARDED, s=18, marker="v" if maximize else "^",
-                   alpha=0.8, zorder=2, clip_on=False, label=f"discarded, off the scale ({len(clipped)})", gid="discarded-clipped")
+        ax.scatter([number[r.id] for r in clipped], [0.09 if maximize else 0.985] * len(clipped), transform=edge,
+                   c=DISCARDED, s=18, marker="v" if maximize else "^", alpha=0.8, zorder=2, clip_on=False,
+                   label=f"discarded, off the scale ({len(clipped)})", gid="discarded-clipped")
     if steps:
         xs = [number[i] for i, _ in steps]
         ys = [b for _, b in steps]
@@ -156,17 +167,14 @@ def plot_progress(rows, maximize: bool, metric_name: str, path: Path, sigma: flo
 
     renderer = fig.canvas.get_renderer()
     fig.tight_layout()
+    fig.set_layout_engine(None)  # the margins stay; without an engine, savefig draws the figure once, not twice
     legend_box = ax.get_legend().get_window_extent(renderer)
     marks = [(number[r.id], r.metric) for r in kept] + [(number[r.id], r.test_metric) for r in tests]
-    keep_clear = [legend_box] + [_marker_box(x, y) for x, y in (ax.transData.transform(marks) if marks else [])]
+    keep_clear = [tuple(legend_box.extents)] + [_marker_box(x, y) for x, y in (ax.transData.transform(marks) if marks else [])]
     labelled = kept
-    if len(kept) > MAX_LABELS:  # the largest gains over the running best before them
-        gains = {}
-        previous = None
-        for r, (_, b) in zip(kept, steps):
-            gains[r.id] = 0.0 if previous is None else (1 if maximize else -1) * (r.metric - previous)
-            previous = b
-        chosen = set(sorted(gains, key=lambda i: -gains[i])[:MAX_LABELS])
+    if len(kept) > MAX_LABELS:  # the first keep and the largest gains over the running best before them
+        gains = {k.row.id: k.gain for k in kept_changes(rows, maximize) if k.gain is not None}
+        chosen = {kept[0].id, *sorted(gains, key=lambda i: -gains[i])[:MAX_LABELS - 1]}
         labelled = [r for r in kept if r.id in chosen]
     texts = [one_line(r.description, LABEL_CHARS) for r in labelled]
     placed = _place_labels(ax, renderer, [(number[r.id], r.metric) for r in labelled], texts, maximize, keep_clear)
@@ -193,7 +201,5 @@ def plot_progress(rows, maximize: bool, metric_name: str, path: Path, sigma: flo
     return out
 
 
-def _marker_box(x: float, y: float, r: float = 5.0):
-    from matplotlib.transforms import Bbox
-
-    return Bbox([[x - r, y - r], [x + r, y + r]])
+def _marker_box(x: float, y: float, r: float = 5.0) -> tuple:
+    return (x - r, y - r, x + r, y + r)
