@@ -96,6 +96,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from autoresearch.report import write_report
+    from autoresearch.session import open_ledger
+
+    ledger, maximize = open_ledger(Path(args.workspace), args.tag)
+    for path in write_report(ledger, maximize, Path(args.out) if args.out else None):
+        print(f"Wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from autoresearch.demo import run_demo
 
@@ -175,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None)
     p.add_argument("--format", choices=["json", "csv"], default="json", help="json (default) or csv")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="progress.png, report.md and a self-contained report.html for a tag, from its "
+                       "journal as recorded so far (a live run included)")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--out", default=None, help="the folder to write into (default: .autoresearch/report/<tag>/)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="init, prepare, and run a few experiments of the loop on the embedded corpus, offline")
     p.add_argument("directory", nargs="?", default="autoresearch-demo")
