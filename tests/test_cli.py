@@ -151,6 +151,9 @@ def test_demo_runs_the_loop_and_refuses_to_clobber(tmp_path, kjv_env):
     best = table["commit"].iloc[1] if table["status"].iloc[1] == "keep" else table["commit"].iloc[0]
     assert git(demo, "rev-parse", "autoresearch/demo").startswith(best)
     assert "--budget 2 --max-experiments 20" in result.stdout  # the hint resumes under the same protocol
+    report = demo / ".autoresearch" / "report" / "demo"  # the demo ends with its report, inside the state folder
+    assert f"Report: {report / 'report.html'}" in result.stdout
+    assert (report / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "baseline" in (report / "report.md").read_text()
     assert_one_line_error(cli("demo", str(demo), "--budget", "2", env=kjv_env), "--force")
     other = tmp_path / "other"
     other.mkdir()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from autoresearch import UsageError
 from autoresearch.config import CONFIG_FILE
+from autoresearch.report import write_report
 from autoresearch.session import prepare_workspace, run_session
 from autoresearch.status import render_status
 from autoresearch.workspace import init_workspace
@@ -32,7 +33,10 @@ def run_demo(directory: Path, force: bool, budget: float, experiments: int, echo
     echo("The built-in 'tune' agent searches train.py's constants with Optuna (TPE); no key, no network.")
     ledger, maximize = run_session(workspace, tag="demo", agent_name="tune", budget=budget, max_experiments=experiments, echo=echo)
     render_status(ledger, maximize)
+    report = write_report(ledger, maximize)
     echo("")
+    echo(f"Report: {report.html} (one file, open it in a browser), with {report.md.name} and {report.png.name} beside it;")
+    echo(f"made again at any moment, during a run too, by: cd {directory} && autoresearch report")
     echo(f"Results: {workspace / 'results.tsv'} (Karpathy's five columns), the journal {workspace / '.autoresearch' / 'journal.sqlite'},")
     echo(f"and one log per run under {workspace / '.autoresearch' / 'runs'}. The branch autoresearch/demo holds every kept change;")
     echo("every experiment's commit, kept or not, is under refs/autoresearch/demo/<id> (git show refs/autoresearch/demo/3).")
