@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from autoresearch import UsageError, __version__
-from autoresearch.config import AGENT_NAMES
+from autoresearch.config import AGENT_NAMES, load_config
 from autoresearch.strategies import STRATEGIES
 from autoresearch.workspace import DATASETS
 
@@ -40,9 +40,15 @@ def cmd_run(args) -> int:
     from autoresearch.status import render_status
 
     overrides = {"model": args.model, "base_url": args.base_url, "command": args.command}
+    from autoresearch.tracking import make_tracker
+
+    config = load_config(Path(args.workspace))  # the checkout's: tracking is no part of the protocol
+    tracker = make_tracker(Path(args.workspace), args.mlflow, config.tracking.mlflow, config.metric.name)
+    observers = [tracker] if tracker else []
     ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments,
                                    args.max_hours, max_cost=args.max_cost, agent_overrides=overrides, workers=args.workers,
-                                   gpus=args.gpus, strategy=args.strategy, executor=args.executor, address=args.address)
+                                   gpus=args.gpus, strategy=args.strategy, executor=args.executor, address=args.address,
+                                   observers=observers)
     render_status(ledger, maximize)
     return 0
 
@@ -157,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: subprocesses here; ray: one Ray task per run (the extra `ray`)")
     p.add_argument("--address", default=None, help="ray: the cluster's address (default: a local Ray on 127.0.0.1)")
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
+                   help="log every experiment as an MLflow run (the extra `mlflow`), under an MLflow experiment named after "
+                        "the branch: to URI, or with no URI to the workspace's ./mlruns store (also [tracking] mlflow)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("baseline", help="re-run the best commit once per seed with fresh seeds: refreshes the best mean and σ")

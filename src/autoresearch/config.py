@@ -139,6 +139,12 @@ class AgentSettings(_Strict):
     tune: dict[str, TuneSpace] = Field(default_factory=dict)  # tune: per-constant search-space overrides
 
 
+class Tracking(_Strict):
+    # MLflow logging (the extra `mlflow`): true for the workspace's own store under ./mlruns, or a tracking URI
+    # (http://host:5000, sqlite:///path/mlflow.db, databricks, ...). `run --mlflow [URI]` wins over it.
+    mlflow: bool | str = False
+
+
 class Config(_Strict):
     program: str = "program.md"
     editable: list[str] = Field(min_length=1)
@@ -149,6 +155,7 @@ class Config(_Strict):
     agent: AgentSettings = AgentSettings()
     decide: DecideSettings = DecideSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    tracking: Tracking = Tracking()
 
 
 def _first_error(exc: ValidationError) -> str:
