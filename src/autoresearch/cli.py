@@ -38,19 +38,32 @@ def cmd_prepare(args) -> int:
 def cmd_run(args) -> int:
     from autoresearch.session import run_session
     from autoresearch.status import render_status
-
-    overrides = {"model": args.model, "base_url": args.base_url, "command": args.command}
     from autoresearch.tracking import make_tracker
 
-    config = load_config(Path(args.workspace))  # the checkout's: tracking is no part of the protocol
-    tracker = make_tracker(Path(args.workspace), args.mlflow, config.tracking.mlflow, config.metric.name)
-    observers = [tracker] if tracker else []
-    ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments,
-                                   args.max_hours, max_cost=args.max_cost, agent_overrides=overrides, workers=args.workers,
-                                   gpus=args.gpus, strategy=args.strategy, executor=args.executor, address=args.address,
-                                   observers=observers)
+    overrides = {"model": args.model, "base_url": args.base_url, "command": args.command}
+    config = load_config(Path(args.workspace))  # the checkout's: the view and tracking are no part of the protocol
+    live = live_view(args, config.metric.name, config.metric.direction == "maximize")
+    echo = live.write if live else print
+    try:
+        tracker = make_tracker(Path(args.workspace), args.mlflow, config.tracking.mlflow, config.metric.name, echo)
+        ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments,
+                                       args.max_hours, max_cost=args.max_cost, agent_overrides=overrides, workers=args.workers,
+                                       gpus=args.gpus, strategy=args.strategy, executor=args.executor, address=args.address,
+                                       observers=[o for o in (live, tracker) if o is not None], echo=echo)
+    finally:
+        if live is not None:  # run_session closes its observers; this covers an error before it started
+            live.close()
     render_status(ledger, maximize)
     return 0
+
+
+def live_view(args, metric: str, maximize: bool):
+    """The live view on a terminal; None (plain lines) when stdout is not one, or under --quiet."""
+    if args.quiet or not sys.stdout.isatty():
+        return None
+    from autoresearch.live import LiveView
+
+    return LiveView(maximize=maximize, metric=metric)
 
 
 def cmd_baseline(args) -> int:
@@ -115,7 +128,13 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from autoresearch.demo import run_demo
 
-    run_demo(Path(args.directory), args.force, args.budget, args.experiments)
+    live = live_view(args, "val_bpb", False)
+    try:
+        run_demo(Path(args.directory), args.force, args.budget, args.experiments, echo=live.write if live else print,
+                 observers=[live] if live else [])
+    finally:
+        if live is not None:
+            live.close()
     return 0
 
 
@@ -163,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: subprocesses here; ray: one Ray task per run (the extra `ray`)")
     p.add_argument("--address", default=None, help="ray: the cluster's address (default: a local Ray on 127.0.0.1)")
+    p.add_argument("--quiet", action="store_true", help="plain lines, no live view (the default when stdout is not a terminal)")
     p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
                    help="log every experiment as an MLflow run (the extra `mlflow`), under an MLflow experiment named after "
                         "the branch: to URI, or with no URI to the workspace's ./mlruns store (also [tracking] mlflow)")
@@ -207,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing demo workspace")
     p.add_argument("--budget", type=float, default=20.0, help="training seconds per experiment (default 20)")
     p.add_argument("--experiments", type=int, default=6, help="experiments after the baseline (default 6)")
+    p.add_argument("--quiet", action="store_true", help="plain lines, no live view (the default when stdout is not a terminal)")
     p.set_defaults(func=cmd_demo)
     return parser
 

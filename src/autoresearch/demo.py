@@ -24,14 +24,15 @@ def make_demo_workspace(directory: Path, force: bool) -> Path:
     return init_workspace(directory, "gpt", dataset="kjv")
 
 
-def run_demo(directory: Path, force: bool, budget: float, experiments: int, echo=print) -> Path:
+def run_demo(directory: Path, force: bool, budget: float, experiments: int, echo=print, observers=()) -> Path:
     """Init, prepare, then the loop with the built-in agent for `experiments` experiments of `budget` seconds."""
     workspace = make_demo_workspace(Path(directory), force)
     echo(f"Workspace: {workspace.resolve()}")
     prepare_workspace(workspace, echo)
     echo(f"$ autoresearch run --tag demo --agent tune --budget {budget:g} --max-experiments {experiments}")
     echo("The built-in 'tune' agent searches train.py's constants with Optuna (TPE); no key, no network.")
-    ledger, maximize = run_session(workspace, tag="demo", agent_name="tune", budget=budget, max_experiments=experiments, echo=echo)
+    ledger, maximize = run_session(workspace, tag="demo", agent_name="tune", budget=budget, max_experiments=experiments,
+                                   echo=echo, observers=observers)
     render_status(ledger, maximize)
     report = write_report(ledger, maximize)
     echo("")

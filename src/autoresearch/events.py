@@ -22,6 +22,9 @@ class Observer:
     def proposing(self, active: bool, cost_usd: float) -> None:
         """The agent was asked for a proposal (active) or answered; `cost_usd` is the session's estimated spend."""
 
+    def standing(self, best, sigma: float | None) -> None:
+        """The best so far (a ledger.Row, or None) and the noise floor σ, after every record."""
+
     def close(self) -> None:
         """The session is over (or interrupted): release what the observer holds."""
 
@@ -37,8 +40,11 @@ class Observers(Observer):
 
     def _each(self, method: str, *args) -> None:
         for observer in list(self.observers):
+            call = getattr(observer, method, None)  # an observer need not have every method
+            if call is None:
+                continue
             try:
-                getattr(observer, method)(*args)
+                call(*args)
             except Exception as exc:  # noqa: BLE001 - a broken watcher is reported, never fatal
                 with self.lock:
                     if observer in self.observers:
@@ -57,6 +63,9 @@ class Observers(Observer):
 
     def proposing(self, *args) -> None:
         self._each("proposing", *args)
+
+    def standing(self, *args) -> None:
+        self._each("standing", *args)
 
     def close(self) -> None:
         self._each("close")
