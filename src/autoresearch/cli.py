@@ -38,14 +38,14 @@ def cmd_prepare(args) -> int:
 def cmd_run(args) -> int:
     from autoresearch.session import run_session
     from autoresearch.status import render_status
-    from autoresearch.tracking import make_tracker
+    from autoresearch.tracking import make_logger
 
     overrides = {"model": args.model, "base_url": args.base_url, "command": args.command}
     config = load_config(Path(args.workspace))  # the checkout's: the view and tracking are no part of the protocol
     live = live_view(args, config.metric.name, config.metric.direction == "maximize")
     echo = live.write if live else print
     try:
-        tracker = make_tracker(Path(args.workspace), args.mlflow, config.tracking.mlflow, config.metric.name, echo)
+        tracker = make_logger(Path(args.workspace), args.mlflow, echo)  # --mlflow [URI], else [tracking]
         ledger, maximize = run_session(Path(args.workspace), args.tag, args.agent, args.budget, args.seed, args.max_experiments,
                                        args.max_hours, max_cost=args.max_cost, agent_overrides=overrides, workers=args.workers,
                                        gpus=args.gpus, strategy=args.strategy, executor=args.executor, address=args.address,
@@ -183,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: subprocesses here; ray: one Ray task per run (the extra `ray`)")
     p.add_argument("--address", default=None, help="ray: the cluster's address (default: a local Ray on 127.0.0.1)")
     p.add_argument("--quiet", action="store_true", help="plain lines, no live view (the default when stdout is not a terminal)")
-    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
-                   help="log every experiment as an MLflow run (the extra `mlflow`), under an MLflow experiment named after "
-                        "the branch: to URI, or with no URI to the workspace's ./mlruns store (also [tracking] mlflow)")
+    p.add_argument("--mlflow", nargs="?", const="default", default=None, metavar="URI",
+                   help="log each experiment as an MLflow run (the extra `mlflow`), under an MLflow experiment named after "
+                        "the branch: alone, to a local store under .autoresearch/mlflow/; or to URI, e.g. "
+                        "http://127.0.0.1:5000 (default: [tracking] in autoresearch.toml)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("baseline", help="re-run the best commit once per seed with fresh seeds: refreshes the best mean and σ")

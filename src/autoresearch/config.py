@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator
 
 from autoresearch import UsageError
 
@@ -121,6 +121,21 @@ class SandboxSettings(_Strict):
     network: bool = False  # the training run gets no network unless this is true
 
 
+class TrackingSettings(_Strict):
+    """Experiment tracking (the extra `mlflow`): `mlflow = true` logs to a local store under .autoresearch/,
+    `mlflow = "URI"` to any tracking URI; `autoresearch run --mlflow [URI]` wins over this."""
+
+    mlflow: bool | str = False
+    experiment: Annotated[str, Field(min_length=1, max_length=500)] | None = None  # default: the branch's name
+
+    @field_validator("mlflow", mode="plain")
+    @classmethod
+    def _uri(cls, value):
+        if isinstance(value, bool) or (isinstance(value, str) and value.strip() and value == value.strip()):
+            return value
+        raise ValueError('must be true, false or a tracking URI, e.g. "http://127.0.0.1:5000"')
+
+
 AGENT_NAMES = ("tune", "openai", "anthropic", "aider", "claude-code", "codex", "command", "perturb")
 
 
@@ -139,12 +154,6 @@ class AgentSettings(_Strict):
     tune: dict[str, TuneSpace] = Field(default_factory=dict)  # tune: per-constant search-space overrides
 
 
-class Tracking(_Strict):
-    # MLflow logging (the extra `mlflow`): true for the workspace's own store under ./mlruns, or a tracking URI
-    # (http://host:5000, sqlite:///path/mlflow.db, databricks, ...). `run --mlflow [URI]` wins over it.
-    mlflow: bool | str = False
-
-
 class Config(_Strict):
     program: str = "program.md"
     editable: list[str] = Field(min_length=1)
@@ -155,7 +164,7 @@ class Config(_Strict):
     agent: AgentSettings = AgentSettings()
     decide: DecideSettings = DecideSettings()
     sandbox: SandboxSettings = SandboxSettings()
-    tracking: Tracking = Tracking()
+    tracking: TrackingSettings = TrackingSettings()
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -11,6 +11,7 @@ KINDS = {  # folder or file under .autoresearch/ -> what it is
     "journal.sqlite": "journal", "journal.sqlite-wal": "journal", "runs": "run logs and kept models",
     "trials": "trial worktrees (only while a trial runs)", "sandbox-tmp": "the sandbox's TMPDIR (compile caches)",
     "prompts": "command agent prompts and logs", "tune": "tune agent studies", "tags": "per-tag results.tsv",
+    "mlflow": "the local MLflow store (--mlflow)",
 }
 
 
