@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from autoresearch import UsageError, __version__
-from autoresearch.config import AGENT_NAMES, load_config
+from autoresearch.config import AGENT_NAMES
 from autoresearch.strategies import STRATEGIES
 from autoresearch.workspace import DATASETS
 
@@ -41,8 +41,7 @@ def cmd_run(args) -> int:
     from autoresearch.tracking import make_logger
 
     overrides = {"model": args.model, "base_url": args.base_url, "command": args.command}
-    config = load_config(Path(args.workspace))  # the checkout's: the view and tracking are no part of the protocol
-    live = live_view(args, config.metric.name, config.metric.direction == "maximize")
+    live = live_view(args, Path(args.workspace))
     echo = live.write if live else print
     try:
         tracker = make_logger(Path(args.workspace), args.mlflow, echo)  # --mlflow [URI], else [tracking]
@@ -57,13 +56,13 @@ def cmd_run(args) -> int:
     return 0
 
 
-def live_view(args, metric: str, maximize: bool):
-    """The live view on a terminal; None (plain lines) when stdout is not one, or under --quiet."""
-    if args.quiet or not sys.stdout.isatty():
+def live_view(args, workspace: Path):
+    """The live view (live.py) when stdout is a terminal and --quiet is not given; else None: plain lines, as before."""
+    if getattr(args, "quiet", False) or not sys.stdout.isatty():
         return None
     from autoresearch.live import LiveView
 
-    return LiveView(maximize=maximize, metric=metric)
+    return LiveView(root=workspace)
 
 
 def cmd_baseline(args) -> int:
@@ -128,7 +127,7 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from autoresearch.demo import run_demo
 
-    live = live_view(args, "val_bpb", False)
+    live = live_view(args, Path(args.directory))
     try:
         run_demo(Path(args.directory), args.force, args.budget, args.experiments, echo=live.write if live else print,
                  observers=[live] if live else [])

@@ -15,6 +15,7 @@ from pathlib import Path
 STEP = re.compile(r"(?<![\w.])step\b[\s:=#]*(\d{1,12})(?!\w)", re.IGNORECASE)
 LOSS = re.compile(r"(?<![\w.])(?:train(?:ing)?[ _])?loss\b[\s:=]*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])",
                   re.IGNORECASE)
+THROUGHPUT = re.compile(r"(?<![\w.,])(\d[\d,]*(?:\.\d+)?)\s*(k|M)?\s*tok(?:ens)?/s\b", re.IGNORECASE)
 MAX_LINE = 4096  # a longer line is not a progress line: it is skipped, whatever it holds
 MAX_READ = 1 << 20  # bytes read per tick at most: a run that floods its log loses lines, never the harness's time
 MAX_POINTS = 5000  # a longer curve is thinned (every other point) before it grows further
@@ -36,6 +37,20 @@ def parse_progress(line: str) -> tuple[int, float] | None:
     except ValueError:
         return None
     return (int(step.group(1)), value) if math.isfinite(value) else None
+
+
+def parse_throughput(line: str) -> float | None:
+    """Tokens per second from a line that prints them (`... | 12,345 tok/s | ...`, `1.2M tokens/s`), else None.
+    Only the live view reads it; parse_progress and the curves do not."""
+    found = THROUGHPUT.search(line) if len(line) <= MAX_LINE else None
+    if not found:
+        return None
+    try:
+        value = float(found.group(1).replace(",", ""))
+    except ValueError:
+        return None
+    value *= {"k": 1e3, "m": 1e6}.get((found.group(2) or "").lower(), 1.0)
+    return value if math.isfinite(value) else None
 
 
 @dataclass

@@ -22,9 +22,6 @@ class Observer:
     def proposing(self, active: bool, cost_usd: float) -> None:
         """The agent was asked for a proposal (active) or answered; `cost_usd` is the session's estimated spend."""
 
-    def standing(self, best, sigma: float | None) -> None:
-        """The best so far (a ledger.Row, or None) and the noise floor σ, after every record."""
-
     def close(self) -> None:
         """The session is over (or interrupted): release what the observer holds."""
 
@@ -63,9 +60,6 @@ class Observers(Observer):
 
     def proposing(self, *args) -> None:
         self._each("proposing", *args)
-
-    def standing(self, *args) -> None:
-        self._each("standing", *args)
 
     def close(self) -> None:
         self._each("close")

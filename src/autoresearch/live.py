@@ -1,175 +1,246 @@
-"""The live view of `autoresearch run` on a terminal: one line per worker, the best so far, the agent thinking."""
+"""A live view of `autoresearch run` on a terminal: the runs under way, the best so far, the agent thinking."""
 
 from __future__ import annotations
 
-import re
+import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.spinner import Spinner
-from rich.table import Table
 from rich.text import Text
 
-from autoresearch.earlystop import LogFollower, parse_progress
+from autoresearch.earlystop import LogFollower, parse_progress, parse_throughput
 from autoresearch.events import Observer
 
-TOKENS_PER_SECOND = re.compile(r"([\d,]+(?:\.\d+)?)\s*tok(?:ens)?/s", re.IGNORECASE)
-RECENT = 4  # results shown under the workers
-REFRESH_PER_SECOND = 4
+REFRESH_PER_SECOND = 4.0
+RECENT = 5  # results shown under the best
 DESCRIPTION_CHARS = 44
+BAR_WIDTH = 24
+TAIL_LINES = 256  # of the lines a log gained since the last refresh, the last ones read: a flood costs no more
+STYLES = {"keep": "green", "discard": "yellow", "crash": "red", "timeout": "red", "invalid": "magenta"}
 
 
-def tokens_per_second(line: str) -> float | None:
-    """The throughput a progress line prints (`12,345 tok/s`), else None."""
-    found = TOKENS_PER_SECOND.search(line)
-    try:
-        return float(found.group(1).replace(",", "")) if found else None
-    except ValueError:
-        return None
-
-
-def shorten(text: str, chars: int = DESCRIPTION_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= chars else text[: chars - 1] + "…"
+def shorten(text: str, width: int = DESCRIPTION_CHARS) -> str:
+    """One line of at most `width` characters, an ellipsis where it was cut."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @dataclass
-class Current:
-    """An experiment under way, as the view knows it: what it is, where it runs, and what its log said last."""
+class Running:
+    """One experiment under way on a worker, and what its training log said last."""
 
     row_id: int
     description: str
     budget: float
     worker: int
-    phase: str = "starting"  # starting | train | evaluate
-    runs: int = 0  # training runs started (seeds)
-    since: float = field(default_factory=time.monotonic)  # when its current process started
+    run_started: float | None = None  # the current training process's start
+    run_ended: float | None = None  # when its evaluation started: the bar stops there
+    runs: int = 0  # training processes started so far (one per seed)
+    phase: str = "starting"
     follower: LogFollower | None = None
     step: int | None = None
     loss: float | None = None
-    tps: float | None = None
+    tokens_per_second: float | None = None
 
     def read_log(self) -> None:
+        """The last progress line (step, loss) and throughput among the lines the log gained since the last read."""
         if self.follower is None:
             return
-        for line in self.follower.new_lines():
-            progress = parse_progress(line)
-            if progress is not None:
+        found_progress = found_rate = False
+        for line in reversed(self.follower.new_lines()[-TAIL_LINES:]):
+            if not found_progress and (progress := parse_progress(line)):
                 self.step, self.loss = progress
-            tps = tokens_per_second(line)
-            if tps is not None:
-                self.tps = tps
+                found_progress = True
+            if not found_rate and (rate := parse_throughput(line)) is not None:
+                self.tokens_per_second, found_rate = rate, True
+            if found_progress and found_rate:
+                break
 
 
 class LiveView(Observer):
-    """A rich Live area, redrawn a few times a second, with the loop's event lines printed above it (`write`).
-    Events come from the loop's thread and the workers' (a lock guards the state); a render only reads the
-    logs' new lines, so a run is never waited on."""
+    """An events.Observer that draws the session on a terminal with rich's Live, at most REFRESH_PER_SECOND times a
+    second, and the session's `echo` (`write`): the loop's lines are printed above the live area, none is lost.
 
-    name = "the live view"
+    The best and σ: with `root` (the workspace), they are read from the journal after each recorded row, through a
+    connection of their own, opened, only read and closed on the loop's thread (Ledger.best and Ledger.noise_sigma, exactly what
+    `status` shows; the metric's name and direction come from autoresearch.toml). Without it, or if that read fails,
+    they come from the rows this view saw: the best keep by `maximize` (the latest keep if it is None) and σ pooled
+    over the rows measured with several seeds.
 
-    def __init__(self, console: Console | None = None, maximize: bool = False, metric: str = "metric",
-                 refresh_per_second: float = REFRESH_PER_SECOND, start: bool = True):
+    Events come from the loop's thread and, for process_started, from worker threads; the refresh thread reads the
+    state and the runs' logs. `lock` guards that state; rich's own lock is never taken while it is held."""
+
+    name = "live view"
+
+    def __init__(self, console: Console | None = None, root: Path | None = None, maximize: bool | None = None,
+                 metric: str = "metric", refresh_per_second: float = REFRESH_PER_SECOND, recent: int = RECENT):
         self.console = console or Console()
+        self.root = Path(root) if root is not None else None
         self.maximize, self.metric = maximize, metric
         self.lock = threading.Lock()
-        self.current: dict[int, Current] = {}
-        self.recent: deque = deque(maxlen=RECENT)
-        self.best = None
+        self.running: dict[int, Running] = {}
+        self.recent: deque = deque(maxlen=recent)
+        self.recorded = self.kept = 0
+        self.best: tuple[float, int] | None = None  # (metric, row id)
         self.sigma: float | None = None
-        self.thinking: dict[int, float] = {}  # thread id -> since when it waits on the agent
+        self.pooled = [0.0, 0]  # squared deviations and degrees of freedom of the rows seen with several values
+        self.thinking = 0  # proposals under way (several at once with a concurrent agent)
         self.cost = 0.0
-        self.live = Live(self, console=self.console, refresh_per_second=refresh_per_second, transient=True,
-                         redirect_stdout=False, redirect_stderr=False)
-        if start:
-            self.live.start()
+        self.spinner = Spinner("dots", text="")
+        self.config_read = False
+        self.live = Live(console=self.console, get_renderable=self.render, refresh_per_second=refresh_per_second,
+                         transient=True, redirect_stdout=True, redirect_stderr=True)
+        self.gate = threading.Lock()  # starting and stopping the Live; taken before rich's lock, never inside `lock`
+        self.started = self.closed = False
 
-    def write(self, line: str) -> None:
-        """One line of the loop's, printed above the live area (the session's echo)."""
-        self.console.print(Text(str(line)), soft_wrap=True)
+    # -- the session's echo ---------------------------------------------------------------------------------------
+    def write(self, line: str = "") -> None:
+        """A line of the loop's, printed as it is (no markup, no highlighting, no wrapping) above the live area."""
+        self.console.print(str(line), markup=False, highlight=False, emoji=False, soft_wrap=True)
 
-    def experiment_started(self, row_id, description, budget_seconds, worker, label) -> None:
+    # -- events.Observer ------------------------------------------------------------------------------------------
+    def experiment_started(self, row_id: int, description: str, budget_seconds: float, worker: int, label: str) -> None:
         with self.lock:
-            self.current[row_id] = Current(row_id, description, budget_seconds, worker)
+            self.running[row_id] = Running(row_id, description, float(budget_seconds), worker)
+        self._start()
 
-    def process_started(self, row_id, kind, log) -> None:
+    def process_started(self, row_id: int, kind: str, log: Path | None) -> None:
         with self.lock:
-            cur = self.current.get(row_id)
-            if cur is None:
+            run = self.running.get(row_id)
+            if run is None:
                 return
-            cur.phase, cur.since = kind, time.monotonic()
             if kind == "train":
-                cur.runs += 1
-                cur.step = cur.loss = cur.tps = None
-                cur.follower = LogFollower(Path(log)) if log else None
+                run.runs += 1
+                run.run_started, run.run_ended, run.phase = time.monotonic(), None, "training"
+                run.step = run.loss = run.tokens_per_second = None
+                run.follower = LogFollower(log) if log is not None else None
+            else:
+                run.read_log()  # the training's last lines, before it is let go
+                run.follower, run.phase = None, "evaluating" if kind == "evaluate" else kind
+                run.run_ended = run.run_ended or time.monotonic()
 
     def experiment_recorded(self, row) -> None:
+        stats = self._journal_stats(row)  # outside the lock: a read of the journal
         with self.lock:
-            self.current.pop(row.id, None)
-            self.recent.appendleft(row)
+            self.running.pop(row.id, None)
+            self.recorded += 1
+            self.kept += row.status == "keep"
+            self.recent.append((row.id, row.status or "?", row.metric, row.description))
+            self._count(row)
+            if stats is not None:
+                self.best, self.sigma = stats
+        self._start()
 
-    def proposing(self, active, cost_usd) -> None:
+    def proposing(self, active: bool, cost_usd: float) -> None:
         with self.lock:
-            me = threading.get_ident()
-            if active:
-                self.thinking[me] = time.monotonic()
-            else:
-                self.thinking.pop(me, None)
-            self.cost = cost_usd
-
-    def standing(self, best, sigma) -> None:
-        with self.lock:
-            self.best, self.sigma = best, sigma
+            self.thinking = self.thinking + 1 if active else max(0, self.thinking - 1)
+            self.cost = float(cost_usd or 0.0)
+        self._start()
 
     def close(self) -> None:
-        self.live.stop()
+        """Stop the live area (the cursor shown again, stdout and stderr given back); safe to call twice."""
+        with self.gate:
+            if self.closed:
+                return
+            self.closed = True
+            self.live.stop()
 
-    def __rich__(self):
-        with self.lock:
-            return self.render()
-
+    # -- drawing --------------------------------------------------------------------------------------------------
     def render(self):
-        """The live area as it stands (the caller holds the lock)."""
-        parts = []
-        now = time.monotonic()
-        grid = Table.grid(padding=(0, 1))
-        for column in ("id", "worker", "description", "bar", "time", "progress"):
-            grid.add_column(no_wrap=True, overflow="ellipsis")
-        for cur in sorted(self.current.values(), key=lambda c: (c.worker, c.row_id)):
-            cur.read_log()
-            elapsed = now - cur.since
-            if cur.phase == "train":
-                bar = ProgressBar(total=max(cur.budget, 1e-9), completed=min(elapsed, cur.budget), width=24)
-                clock = f"{elapsed:4.0f}/{cur.budget:g}s" + (f" run {cur.runs}" if cur.runs > 1 else "")
-            else:
-                bar, clock = Text("evaluating" if cur.phase == "evaluate" else "starting", style="dim"), f"{elapsed:4.0f}s"
-            progress = []
-            if cur.step is not None:
-                progress.append(f"step {cur.step}")
-            if cur.loss is not None:
-                progress.append(f"loss {cur.loss:.4g}")
-            if cur.tps is not None:
-                progress.append(f"{cur.tps:,.0f} tok/s")
-            grid.add_row(Text(f"#{cur.row_id}", style="bold"), Text(f"w{cur.worker}", style="dim"),
-                         Text(shorten(cur.description)), bar, Text(clock), Text("  ".join(progress), style="cyan"))
-        if self.current:
-            parts.append(grid)
-        if self.thinking:
-            waited = now - min(self.thinking.values())
-            many = f" ({len(self.thinking)} proposals)" if len(self.thinking) > 1 else ""
-            parts.append(Spinner("dots", text=Text(f"the agent is thinking{many}: {waited:.0f}s, ${self.cost:.4f} spent so far")))
-        standing = f"best {self.metric} "
-        standing += f"{self.best.metric:.6f} (#{self.best.id})" if self.best is not None and self.best.metric is not None else "-"
-        standing += f"  σ {self.sigma:.6f}" if self.sigma is not None else "  σ unknown yet"
-        parts.append(Text(standing, style="green"))
-        for row in self.recent:
-            shown = f"{row.metric:.6f}" if row.metric is not None else "-"
-            style = {"keep": "green", "discard": "dim"}.get(row.status, "red")
-            parts.append(Text(f"  {row.status or '':<8} {shown:>10}  #{row.id} {shorten(row.description)}", style=style))
-        return Group(*parts)
+        """The live area as it stands: called by rich's refresh thread, and when a line is printed above it."""
+        with self.lock:
+            now = time.monotonic()
+            parts = []
+            if self.thinking:
+                what = "the agent is thinking" if self.thinking == 1 else f"{self.thinking} proposals under way"
+                self.spinner.update(text=Text(f"{what} · ${self.cost:.4f} spent", style="cyan"))
+                parts.append(self.spinner)
+            runs = sorted(self.running.values(), key=lambda r: (r.worker, r.row_id))
+            chars = max(12, min(DESCRIPTION_CHARS, self.console.width - BAR_WIDTH - 70))
+            for run in runs:
+                run.read_log()
+                parts.append(self._line(run, now, chars))
+            best = (f"best {self.metric} {self.best[0]:.6f} (#{self.best[1]})" if self.best else "best: none yet")
+            sigma = f"σ {self.sigma:.6f}" if self.sigma is not None else "σ –"
+            parts.append(Text(f"{best}  ·  {sigma}  ·  {self.recorded} recorded, {self.kept} kept", style="bold"))
+            for row_id, status, metric, description in self.recent:
+                shown = f"{metric:.6f}" if metric is not None else "-"
+                line = Text("  ")
+                line.append(f"{status:<8}", style=STYLES.get(status, ""))
+                line.append(f" {shown:>10}  #{row_id} {shorten(description, 80)}")
+                parts.append(line)
+            return Group(*parts)
+
+    def _line(self, run: Running, now: float, chars: int) -> Text:
+        """One worker's line: `#id`, the description, a bar of the training time against the budget, what the log said."""
+        elapsed = (run.run_ended or now) - run.run_started if run.run_started is not None else 0.0
+        bar = ProgressBar(total=max(run.budget, 1e-9), completed=min(elapsed, run.budget), width=BAR_WIDTH)
+        seen = [f"run {run.runs}" if run.phase == "training" else run.phase]
+        if run.step is not None:
+            seen.append(f"step {run.step}")
+        if run.loss is not None:
+            seen.append(f"loss {run.loss:.4f}")
+        if run.tokens_per_second is not None:
+            seen.append(f"{run.tokens_per_second:,.0f} tok/s")
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"#{run.row_id:<4}", style="bold")
+        line.append(f" {shorten(run.description, chars):<{chars}} ")
+        for segment in self.console.render(bar):
+            line.append(segment.text, segment.style)
+        line.append(f" {elapsed:4.0f}s/{run.budget:g}s  ")
+        line.append("  ".join(seen), style="dim")
+        return line
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        """The live area appears at the first event (not before: a session refused at its start leaves no trace)."""
+        if self.started or self.closed:
+            return
+        with self.gate:
+            if not (self.started or self.closed):
+                self.started = True
+                self.live.start()
+
+    def _count(self, row) -> None:
+        """The best and σ from the rows seen (under the lock): used when the journal is not read."""
+        values = [v for v in row.values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if len(values) > 1:
+            mean = sum(values) / len(values)
+            self.pooled[0] += sum((v - mean) ** 2 for v in values)
+            self.pooled[1] += len(values) - 1
+            self.sigma = math.sqrt(self.pooled[0] / self.pooled[1])
+        if row.status == "keep" and row.metric is not None and math.isfinite(row.metric):
+            better = self.best is None or self.maximize is None or \
+                (row.metric > self.best[0] if self.maximize else row.metric < self.best[0])
+            if better:
+                self.best = (row.metric, row.id)
+
+    def _journal_stats(self, row) -> tuple[tuple[float, int] | None, float | None] | None:
+        """(best, σ) as the journal has them now, or None (no workspace given, or it could not be read)."""
+        if self.root is None:
+            return None
+        try:
+            from autoresearch.ledger import Ledger
+
+            if not self.config_read:
+                from autoresearch.config import load_config
+
+                config = load_config(self.root)
+                with self.lock:
+                    self.metric, self.maximize = config.metric.name, config.metric.direction == "maximize"
+                self.config_read = True
+            ledger = Ledger(self.root, row.branch, self.metric, bool(self.maximize))
+            try:
+                best, sigma = ledger.best(), ledger.noise_sigma()
+            finally:
+                ledger.close()
+        except Exception:  # noqa: BLE001 - the view falls back to the rows it saw; it never stops the session
+            return None
+        return ((best.metric, best.id) if best is not None and best.metric is not None else None), sigma

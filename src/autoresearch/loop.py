@@ -129,7 +129,6 @@ class Loop:
                 self.baseline()
             self.finish_cut_off()
             self.best_metric = self.ledger.best().metric
-            self.events.standing(self.ledger.best(), self.ledger.noise_sigma())
             while True:  # fixes and re-bases waiting still start after a limit; a halt only lets runs under way end
                 more = not self._halted() and bool(self.waiting or not self._limit_reached(self.done + self.pool.busy, started))
                 if not more and not self.pool.busy:
@@ -317,7 +316,6 @@ class Loop:
         self.sync_branch()
         best = self.ledger.best()
         self.best_metric = best.metric if best else None
-        self.events.standing(best, self.ledger.noise_sigma())
         shown = f"{m.metric:.6f}" if m.metric is not None else "-"
         label = description if self.pool.inline else f"#{row} {description}"
         self.reporter.say(f"  {m.status:<9} {shown:>10}  {label}" + ("" if keep and not baseline else f"  ({reason})"))
