@@ -48,7 +48,7 @@ def render_markdown(report) -> str:
             f"| crashed or timed out | {s.failed} ({100 * s.failed_rate:.1f}% of candidates) |",
             f"| invalid (refused by the integrity checks) | {s.invalid} |",
             f"| experiments per hour | {s.per_hour:.1f} |",
-            f"| noise between seeds | " + (f"σ = {s.sigma:.6g}" if s.sigma is not None else "not measured (one seed per run)") + " |"]
+            "| noise between seeds | " + (f"σ = {s.sigma:.6g}" if s.sigma is not None else "not measured (one seed per run)") + " |"]
     if s.workers > 1:
         out.append(f"| workers | {s.workers} ran trials at once |")
 
