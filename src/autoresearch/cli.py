@@ -107,9 +107,8 @@ def cmd_export(args) -> int:
     from autoresearch.session import open_ledger
 
     ledger, maximize = open_ledger(Path(args.workspace), args.tag)
-    if args.tag and not ledger.rows():
-        known = ", ".join(b.removeprefix("autoresearch/") for b in ledger.branches()) or "none"
-        raise UsageError(f"no experiments on {ledger.branch} (tags with experiments: {known})")
+    if args.tag:
+        ledger.require_rows()  # a tag named on the command line must have experiments
     sys.stdout.write(export_json(ledger, maximize) if args.format == "json" else export_csv(ledger))
     return 0
 

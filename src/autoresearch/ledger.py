@@ -192,6 +192,14 @@ class Ledger:
     def rows(self, branch: str | None = None) -> list[Row]:
         return self.where("1", (), branch)
 
+    def require_rows(self, doing: str = "") -> list[Row]:
+        """The branch's rows, or a one-line error naming the tags that have some (`doing` follows the branch)."""
+        rows = self.rows()
+        if not rows:
+            known = ", ".join(b.removeprefix("autoresearch/") for b in self.branches()) or "none"
+            raise UsageError(f"no experiments on {self.branch}{doing} (tags with experiments: {known})")
+        return rows
+
     def where(self, condition: str, params: tuple = (), branch: str | None = None) -> list[Row]:
         """The branch's rows matching an SQL condition, in order: most callers need a few rows of a long journal."""
         cur = self.db.execute(f"SELECT {COLUMNS} FROM experiments WHERE branch = ? AND ({condition}) ORDER BY id",

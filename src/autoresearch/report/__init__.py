@@ -86,10 +86,7 @@ def write_report(ledger, maximize: bool, out: Path | None = None) -> Written:
     from autoresearch.report.markdown import render_markdown
     from autoresearch.report.plot import plot_progress
 
-    rows = ledger.rows()
-    if not rows:
-        known = ", ".join(b.removeprefix("autoresearch/") for b in ledger.branches()) or "none"
-        raise UsageError(f"no experiments on {ledger.branch}, nothing to report (tags with experiments: {known})")
+    rows = ledger.require_rows(", nothing to report")
     best, sigma = ledger.best(), ledger.noise_sigma()
     report = build_report(rows, maximize, ledger.metric_name, ledger.branch, best, sigma, threshold_of(ledger.root),
                           ledger.segment)
